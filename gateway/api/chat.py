@@ -1,0 +1,218 @@
+"""OpenAI Chat Completions: which request fields hold text, and how answers (whole or streamed) are restored.
+
+Scanned: every message's ``content`` (a string, or the ``text``/``refusal`` parts of a list), ``name``,
+``refusal``, ``reasoning_content``, the ``arguments`` of ``tool_calls`` and the legacy ``function_call``,
+and the top-level ``user``. Parts the detector cannot read (images, audio, files, and any part type this
+module does not know) are refused, or passed unscanned when the policy says so.
+
+Restored: in each choice's ``message`` (or streamed ``delta``): ``content``, ``refusal``,
+``reasoning_content`` and tool-call / function-call ``arguments`` (with values JSON-escaped there).
+Every other field of the answer passes through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import BadRequest, UnscannableContent
+from ..placeholders import PlaceholderRestorer
+from ..policy import Policy
+from ..redaction import Slot
+
+TEXT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
+UNSCANNABLE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "audio", "input_image", "input_file"})
+
+
+def _setter(container: dict[str, Any] | list[Any], key: Any) -> Callable[[str], None]:
+    def write(value: str) -> None:
+        container[key] = value
+
+    return write
+
+
+def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int]:
+    """The request's text slots, and how many unscannable parts were passed through by policy."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise BadRequest("'messages' must be an array of message objects.", param="messages")
+    slots: list[Slot] = []
+    unscanned = 0
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
+        role = message.get("role")
+        role = role if isinstance(role, str) else None
+        content = message.get("content")
+        if isinstance(content, str):
+            slots.append(Slot(content, role, _setter(message, "content")))
+        elif isinstance(content, list):
+            unscanned += _collect_parts(content, role, policy, slots, f"messages[{i}].content")
+        elif content is not None:
+            raise BadRequest(f"messages[{i}].content must be a string or an array.", param=f"messages[{i}].content")
+        for field in ("name", *TEXT_FIELDS[1:]):
+            if isinstance(message.get(field), str):
+                slots.append(Slot(message[field], role, _setter(message, field)))
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                slots.append(Slot(function["arguments"], role, _setter(function, "arguments"), kind="json"))
+        legacy = message.get("function_call")
+        if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+            slots.append(Slot(legacy["arguments"], role, _setter(legacy, "arguments"), kind="json"))
+    if isinstance(body.get("user"), str):
+        slots.append(Slot(body["user"], None, _setter(body, "user")))
+    return slots, unscanned
+
+
+def _collect_parts(parts: list[Any], role: str | None, policy: Policy, slots: list[Slot], where: str) -> int:
+    unscanned = 0
+    for j, part in enumerate(parts):
+        if isinstance(part, str):
+            slots.append(Slot(part, role, _setter(parts, j)))
+            continue
+        if not isinstance(part, dict):
+            raise BadRequest(f"{where}[{j}] must be an object.", param=f"{where}[{j}]")
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            slots.append(Slot(part["text"], role, _setter(part, "text")))
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            slots.append(Slot(part["refusal"], role, _setter(part, "refusal")))
+        elif policy.unscannable_content == "pass":
+            unscanned += 1
+        else:
+            shown = kind if isinstance(kind, str) and len(kind) <= 40 and kind.isidentifier() else "unknown"
+            raise UnscannableContent(
+                f"{where}[{j}] is a '{shown}' part, which the gateway cannot scan for personal data; "
+                "the policy refuses unscannable content.",
+                param=f"{where}[{j}]",
+            )
+    return unscanned
+
+
+def restore_completion(body: dict[str, Any], table: Mapping[str, str]) -> tuple[int, int]:
+    """Restore placeholders in every choice of a whole answer, in place. Returns (restored, unresolved)."""
+    text = PlaceholderRestorer(table)
+    args = PlaceholderRestorer(table, json_escape=True)
+    for choice in body.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if isinstance(message, dict):
+            _restore_message(message, text, args)
+        if isinstance(choice.get("text"), str):  # legacy completions shape
+            choice["text"] = text.restore(choice["text"])
+    return text.restored + args.restored, text.unresolved + args.unresolved
+
+
+def _restore_message(message: dict[str, Any], text: PlaceholderRestorer, args: PlaceholderRestorer) -> None:
+    for field in TEXT_FIELDS:
+        value = message.get(field)
+        if isinstance(value, str):
+            message[field] = text.restore(value)
+        elif isinstance(value, list):
+            for part in value:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    part["text"] = text.restore(part["text"])
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            function["arguments"] = args.restore(function["arguments"])
+    legacy = message.get("function_call")
+    if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+        legacy["arguments"] = args.restore(legacy["arguments"])
+
+
+class ChatStreamRestorer:
+    """Restores ``chat.completion.chunk`` events: one PlaceholderRestorer per (choice, field, tool call).
+
+    Held-back text is released into the chunk that carries the choice's ``finish_reason``; whatever is
+    still held when the stream ends is released by :meth:`finish` as one extra chunk per choice.
+    """
+
+    def __init__(self, table: Mapping[str, str]) -> None:
+        self._table = table
+        self._restorers: dict[tuple[int, str, int], PlaceholderRestorer] = {}
+        self._template: dict[str, Any] = {}
+        self.restored = 0
+        self.unresolved = 0
+
+    @property
+    def holding(self) -> bool:
+        return any(r.holding for r in self._restorers.values())
+
+    def _restorer(self, key: tuple[int, str, int]) -> PlaceholderRestorer:
+        found = self._restorers.get(key)
+        if found is None:
+            found = self._restorers[key] = PlaceholderRestorer(self._table, json_escape=key[1] == "arguments")
+        return found
+
+    def transform(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        if not self._template:
+            self._template = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0) if isinstance(choice.get("index", 0), int) else 0
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                self._feed_delta(index, delta)
+            if choice.get("finish_reason") is not None:
+                if not isinstance(delta, dict):
+                    delta = {}
+                self._release(index, delta)
+                if delta:
+                    choice["delta"] = delta
+        return chunk
+
+    def _feed_delta(self, index: int, delta: dict[str, Any]) -> None:
+        for field in TEXT_FIELDS:
+            if isinstance(delta.get(field), str):
+                delta[field] = self._restorer((index, field, 0)).feed(delta[field])
+        for call in delta.get("tool_calls") or []:
+            if not isinstance(call, dict):
+                continue
+            function = call.get("function")
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                tool = call.get("index", 0) if isinstance(call.get("index", 0), int) else 0
+                function["arguments"] = self._restorer((index, "arguments", tool)).feed(function["arguments"])
+        legacy = delta.get("function_call")
+        if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+            legacy["arguments"] = self._restorer((index, "arguments", -1)).feed(legacy["arguments"])
+
+    def _release(self, index: int, delta: dict[str, Any]) -> None:
+        for key in sorted(k for k in self._restorers if k[0] == index):
+            restorer = self._restorers.pop(key)
+            held = restorer.flush()
+            self.restored += restorer.restored
+            self.unresolved += restorer.unresolved
+            if not held:
+                continue
+            _, field, tool = key
+            if field != "arguments":
+                delta[field] = (delta.get(field) or "") + held
+            elif tool == -1:
+                legacy = delta.setdefault("function_call", {})
+                legacy["arguments"] = (legacy.get("arguments") or "") + held
+            else:
+                calls = delta.setdefault("tool_calls", [])
+                call = next((c for c in calls if isinstance(c, dict) and c.get("index", 0) == tool), None)
+                if call is None:
+                    call = {"index": tool, "function": {}}
+                    calls.append(call)
+                function = call.setdefault("function", {})
+                function["arguments"] = (function.get("arguments") or "") + held
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Chunks carrying text still held when the stream ended without a finish_reason."""
+        indexes = sorted({k[0] for k, r in self._restorers.items() if r.holding})
+        chunks = []
+        for index in indexes:
+            delta: dict[str, Any] = {}
+            self._release(index, delta)
+            chunks.append({**self._template, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        for restorer in self._restorers.values():
+            self.restored += restorer.restored
+            self.unresolved += restorer.unresolved
+        self._restorers.clear()
+        return chunks

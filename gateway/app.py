@@ -1,0 +1,163 @@
+"""create_app(): routes, the error middleware, typed AppKeys, and the shared resources' lifetimes.
+
+Shared resources live in ``cleanup_ctx`` (one ClientSession, the detector) and are reached through
+``GATEWAY``. Anything not routed here is refused with 404 and never forwarded: an endpoint the gateway
+does not scan would be a hole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .detector import Detector, PresidioDetector
+from .errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .pipeline import Gateway, PolicyHolder, error_response, handle_chat_completions
+from .policy import PolicyBook, load_policy_dir
+from .redaction import Redactor
+from .settings import Settings
+from .upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Parts:
+    """What create_app was given or built; mutable only during start-up and shutdown."""
+
+    settings: Settings
+    policies: PolicyHolder
+    detector: Detector
+    owns_detector: bool
+    hash_key: bytes
+    gateway: Gateway | None = None
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+PARTS = web.AppKey("parts", Parts)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    detector: Detector | None = None,
+    policies: PolicyBook | None = None,
+    hash_key: bytes | None = None,
+) -> web.Application:
+    """Build the application. A detector passed in is shared and not closed by this app."""
+    book = policies or load_policy_dir(settings.resolved_policies_dir(), settings.default_policy)
+    owns = detector is None
+    if detector is None:
+        detector = PresidioDetector(
+            settings.nlp.model,
+            settings.nlp.language,
+            workers=settings.detector.workers,
+            timeout=settings.detector.timeout_seconds,
+            cache_entries=settings.detector.cache_entries,
+        )
+    app = web.Application(
+        middlewares=[_errors_middleware],
+        client_max_size=settings.limits.max_body_bytes,
+        handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024},
+    )
+    app[PARTS] = Parts(
+        settings=settings,
+        policies=PolicyHolder(book),
+        detector=detector,
+        owns_detector=owns,
+        hash_key=hash_key or os.urandom(32),
+    )
+    app.cleanup_ctx.append(_resources)
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_post("/chat/completions", _chat)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_route("*", "/{tail:.*}", _unknown)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    parts = app[PARTS]
+    settings = parts.settings
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+    if settings.upstream is None:
+        raise RuntimeError("create_app needs settings.upstream; serve() fills it with the demo upstream")
+    upstream = UpstreamClient(session, settings.upstream, settings.timeouts, settings.upstream_api_key)
+    parts.gateway = Gateway(
+        settings=settings,
+        policies=parts.policies,
+        detector=parts.detector,
+        redactor=Redactor(parts.detector, parts.hash_key),
+        upstream=upstream,
+    )
+    if parts.owns_detector:
+        # Load the model in the background so /healthz answers at once; /readyz waits for it.
+        task = asyncio.create_task(_start_detector(parts.detector))
+        parts.background.add(task)
+        task.add_done_callback(parts.background.discard)
+    try:
+        yield
+    finally:
+        for task in list(parts.background):
+            task.cancel()
+        if parts.owns_detector:
+            await parts.detector.close()
+        await session.close()
+
+
+async def _start_detector(detector: Detector) -> None:
+    try:
+        await detector.start()
+        log.info("detector ready")
+    except Exception as exc:
+        log.error("the detector failed to start: %s", type(exc).__name__)
+        raise
+
+
+def _gateway(request: web.Request) -> Gateway:
+    gateway = request.app[PARTS].gateway
+    assert gateway is not None, "the app was not started"
+    return gateway
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    return await handle_chat_completions(request, _gateway(request))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    parts = request.app[PARTS]
+    if parts.detector.ready:
+        return web.json_response({"status": "ready", "policies": sorted(parts.policies.book.policies)})
+    return web.json_response({"status": "starting", "detector": "loading"}, status=503)
+
+
+async def _unknown(request: web.Request) -> web.Response:
+    # The path is not echoed: it is client input and could carry personal data.
+    raise NotFound(f"Unknown endpoint ({request.method}): the gateway forwards only the APIs it scans.")
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every error the gateway raises, and aiohttp's own HTTP errors, as OpenAI-shaped JSON."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except GatewayError as exc:
+        return error_response(exc)
+    except web.HTTPMethodNotAllowed:
+        return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on this endpoint."))
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[PARTS].settings.limits.max_body_bytes
+        return error_response(PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes."))

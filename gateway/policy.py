@@ -1,0 +1,314 @@
+"""Policies: the YAML model, its validation (file, line, field), and the PolicyBook that holds the live set.
+
+A policy is validated entirely when it is loaded: an unknown key, action or entity type is an error,
+never ignored. The book is replaced as a whole (``PolicyBook`` is immutable); a request keeps the
+``Policy`` object it started with, so a reload never changes a request in flight.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .detector import DetectionSpec, PatternDef, RecognizerDef
+
+#: Entity types Presidio's predefined recognizers and the spaCy NER mapping can produce.
+PRESIDIO_ENTITIES = frozenset(
+    {
+        "AGE", "CREDIT_CARD", "CRYPTO", "DATE_TIME", "EMAIL_ADDRESS", "IBAN_CODE", "IP_ADDRESS",
+        "LOCATION", "MAC_ADDRESS", "MEDICAL_LICENSE", "NRP", "ORGANIZATION", "PERSON", "PHONE_NUMBER",
+        "UK_NHS", "URL", "US_BANK_NUMBER", "US_DRIVER_LICENSE", "US_ITIN", "US_PASSPORT", "US_SSN", "UUID",
+    }
+)  # fmt: skip
+
+
+class Action(StrEnum):
+    """What happens to a finding. Listed strongest first: on overlap the strongest action wins."""
+
+    BLOCK = "block"
+    REDACT = "redact"
+    MASK = "mask"
+    HASH = "hash"
+    PSEUDONYMIZE = "pseudonymize"
+    ALLOW = "allow"
+
+    @property
+    def strength(self) -> int:
+        return len(ACTION_ORDER) - ACTION_ORDER.index(self)
+
+
+ACTION_ORDER: tuple[Action, ...] = tuple(Action)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MaskSpec(_Strict):
+    char: str = Field(default="*", min_length=1, max_length=1)
+    #: Characters left visible at the end (``**** **** **** 1111``).
+    keep_last: int = Field(default=4, ge=0)
+    keep_first: int = Field(default=0, ge=0)
+    #: Keep spaces, dashes, dots and ``@`` as they are, so the shape stays readable.
+    keep_separators: bool = True
+
+
+def _rule_shorthand(value: Any) -> Any:
+    return {"action": value} if isinstance(value, str) else value
+
+
+class EntityRule(_Strict):
+    action: Action = Action.PSEUDONYMIZE
+    #: Findings scoring below this are ignored. None: the policy's ``score_threshold``.
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    mask: MaskSpec = MaskSpec()
+
+
+class AllowTerm(_Strict):
+    exact: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> AllowTerm:
+        if (self.exact is None) == (self.regex is None):
+            raise ValueError("give exactly one of 'exact' or 'regex'")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from exc
+        return self
+
+
+def _term_shorthand(value: Any) -> Any:
+    return {"exact": value} if isinstance(value, str) else value
+
+
+class PatternSpec(_Strict):
+    regex: str
+    score: float = Field(default=0.6, ge=0, le=1)
+    name: str = "pattern"
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"does not compile: {exc}") from exc
+        return value
+
+
+class RecognizerSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
+    entity: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    patterns: list[PatternSpec] = []
+    #: Terms that are always this entity (project code names, internal hostnames).
+    deny_list: list[str] = []
+    #: Words near a match that raise its score.
+    context: list[str] = []
+    validator: Literal["luhn", "iban"] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> RecognizerSpec:
+        if not self.patterns and not self.deny_list:
+            raise ValueError("a recognizer needs 'patterns' or a 'deny_list'")
+        return self
+
+
+class Example(_Strict):
+    text: str
+    #: Substrings that must not reach the upstream.
+    hidden: list[str] = []
+    #: Substrings that must reach the upstream unchanged.
+    kept: list[str] = []
+    #: Set when the policy must refuse this text with a block.
+    blocked: bool = False
+
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class Policy(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    description: str = ""
+    languages: list[str] = Field(default=["en"], min_length=1)
+    #: Default minimum score for every entity without its own threshold.
+    score_threshold: float = Field(default=0.35, ge=0, le=1)
+    entities: dict[str, Annotated[EntityRule, BeforeValidator(_rule_shorthand)]] = {}
+    recognizers: list[RecognizerSpec] = []
+    allow_list: list[Annotated[AllowTerm, BeforeValidator(_term_shorthand)]] = []
+    roles: list[Role] = ["system", "developer", "user", "assistant", "tool", "function"]
+    #: Put original values back into answers. False: the client sees the placeholders.
+    restore_answers: bool = True
+    #: What the transcript keeps: both sides in full, only what the upstream saw, or no content at all.
+    transcript: Literal["original", "redacted", "none"] = "redacted"
+    #: Images, audio and files cannot be scanned: refuse them (default) or pass them through unscanned.
+    unscannable_content: Literal["refuse", "pass"] = "refuse"
+    #: A detected value is also replaced wherever else it appears in the request.
+    propagate: bool = True
+    examples: list[Example] = []
+
+    @model_validator(mode="after")
+    def _entities_known(self) -> Policy:
+        custom = {r.entity for r in self.recognizers}
+        for name in self.entities:
+            if name not in PRESIDIO_ENTITIES and name not in custom:
+                raise ValueError(
+                    f"unknown entity type '{name}' in 'entities' (known: Presidio's types, "
+                    f"or one defined under 'recognizers')"
+                )
+        return self
+
+    def rule(self, entity_type: str) -> EntityRule | None:
+        return self.entities.get(entity_type)
+
+    def threshold(self, entity_type: str) -> float:
+        rule = self.entities.get(entity_type)
+        if rule is not None and rule.threshold is not None:
+            return rule.threshold
+        return self.score_threshold
+
+    def detection_spec(self) -> DetectionSpec:
+        recognizers = tuple(
+            RecognizerDef(
+                name=r.name,
+                entity_type=r.entity,
+                patterns=tuple(PatternDef(p.regex, p.score, p.name) for p in r.patterns),
+                deny_list=tuple(r.deny_list),
+                context=tuple(r.context),
+                validator=r.validator,
+            )
+            for r in self.recognizers
+        )
+        thresholds = [self.threshold(e) for e in self.entities] or [self.score_threshold]
+        return DetectionSpec(
+            language=self.languages[0],
+            entities=tuple(sorted(self.entities)),
+            recognizers=recognizers,
+            min_score=min(thresholds),
+        )
+
+    def allowed(self, value: str) -> bool:
+        for term in self.allow_list:
+            if term.exact is not None and term.exact.casefold() == value.casefold():
+                return True
+            if term.regex is not None and re.fullmatch(term.regex, value):
+                return True
+        return False
+
+    @property
+    def detects_nothing(self) -> bool:
+        return not self.entities
+
+
+class PolicyError(Exception):
+    """A policy file is wrong; the message names the file, the line and the field."""
+
+
+def _line_of(node: yaml.Node | None, loc: Iterable[str | int]) -> int | None:
+    """The 1-based line in the YAML source of the value at ``loc``, as far as it can be followed."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    node, line = value, key.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    """Parse and validate one policy; errors name ``source``, the line and the field."""
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise PolicyError(f"{source}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}:1: a policy must be a mapping with at least 'name'")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+            line = _line_of(node, loc)
+            field = ".".join(str(p) for p in loc) or "(policy)"
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(f"{source}:{line or 1}: {field}: {message}")
+        raise PolicyError("\n".join(problems)) from None
+
+
+def load_policy_file(path: Path) -> Policy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot be read ({exc.strerror})") from exc
+    return parse_policy(text, str(path))
+
+
+@dataclass(frozen=True)
+class PolicyBook:
+    """The whole set of policies in force, swapped atomically on reload."""
+
+    policies: Mapping[str, Policy]
+    default: str
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.default not in self.policies:
+            raise PolicyError(
+                f"default policy '{self.default}' is not among the loaded policies: {sorted(self.policies)}"
+            )
+
+    def get(self, name: str) -> Policy:
+        return self.policies[name]
+
+    @property
+    def default_policy(self) -> Policy:
+        return self.policies[self.default]
+
+
+def load_policy_dir(directory: Path, default: str, version: int = 1) -> PolicyBook:
+    """Load and validate every ``*.yaml`` in ``directory`` as one set; any error rejects the whole set."""
+    if not directory.is_dir():
+        raise PolicyError(f"{directory}: the policies folder does not exist")
+    policies: dict[str, Policy] = {}
+    problems: list[str] = []
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            policy = load_policy_file(path)
+        except PolicyError as exc:
+            problems.append(str(exc))
+            continue
+        if policy.name in policies:
+            problems.append(f"{path}:1: name: policy '{policy.name}' is defined twice")
+        policies[policy.name] = policy
+    if problems:
+        raise PolicyError("\n".join(problems))
+    return PolicyBook(policies=policies, default=default, version=version)

@@ -1,0 +1,238 @@
+"""Redactor: finds personal data in a request's text slots and rewrites them, per policy, before forwarding.
+
+The steps, in order (the order is the contract ``docs/policies.md`` documents):
+
+1. Reserve every placeholder-shaped string already in the request, so numbering cannot collide with it.
+2. Analyse every slot whose role the policy scans (off the event loop; fail closed).
+3. Keep findings whose entity the policy names and whose score reaches its threshold; drop allow-listed
+   values.
+4. Resolve overlaps: overlapping findings merge into one span covering all of them, and the strongest
+   action among them applies (block > redact > mask > hash > pseudonymize > allow; ties: higher score).
+5. Block: if any span's action is ``block``, the request is refused, naming entity types only.
+6. Propagate: a value found once is replaced wherever else it appears in the request.
+7. Replace, numbering placeholders by first occurrence in request order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+from .detector import Detector, Finding
+from .errors import PolicyBlocked
+from .placeholders import Redactions, json_escaped, placeholders_in
+from .policy import Action, MaskSpec, Policy
+
+
+@dataclass
+class Slot:
+    """One piece of request text the upstream would read, and how to write its redacted form back.
+
+    ``kind`` is ``json`` for text that is itself JSON (tool-call arguments): spans are widened so they
+    never cut an escape sequence, and values are stored decoded.
+    """
+
+    text: str
+    role: str | None
+    write: Callable[[str], None]
+    kind: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    start: int
+    end: int
+    entity_type: str
+    action: Action
+    score: float
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SEPARATORS = frozenset(" -./@_:()+")
+
+
+class Redactor:
+    """Applies a policy to a request's slots. One instance per app; holds no per-request state."""
+
+    def __init__(self, detector: Detector, hash_key: bytes) -> None:
+        self.detector = detector
+        self._hash_key = hash_key
+
+    async def redact(self, slots: Sequence[Slot], policy: Policy, tenant: str = "default") -> Redactions:
+        """Rewrite ``slots`` in place and return the request's placeholder table.
+
+        Raises ``DetectionFailed`` (nothing may be forwarded) or ``PolicyBlocked``.
+        """
+        redactions = Redactions(reserved=set().union(*(placeholders_in(s.text) for s in slots)))
+        scanned = [s for s in slots if s.text and (s.role is None or s.role in policy.roles)]
+        if not scanned or policy.detects_nothing:
+            return redactions
+        findings = await self.detector.analyze([s.text for s in scanned], policy.detection_spec())
+
+        spans = [self._resolve(slot, found, policy) for slot, found in zip(scanned, findings, strict=True)]
+        blocked = [sp.entity_type for per_slot in spans for sp in per_slot if sp.action is Action.BLOCK]
+        if blocked:
+            for entity in blocked:
+                redactions.counts[(entity, Action.BLOCK.value)] += 1
+            raise PolicyBlocked(blocked)
+        if policy.propagate:
+            spans = _propagate(scanned, spans)
+
+        for slot, per_slot in zip(scanned, spans, strict=True):
+            if per_slot:
+                slot.write(self._rewrite(slot, per_slot, policy, redactions, tenant))
+        return redactions
+
+    def _resolve(self, slot: Slot, findings: list[Finding], policy: Policy) -> list[Span]:
+        kept: list[Span] = []
+        for f in findings:
+            rule = policy.rule(f.entity_type)
+            if rule is None or f.score < policy.threshold(f.entity_type):
+                continue
+            start, end = f.start, f.end
+            if slot.kind == "json":
+                start, end = _json_safe(slot.text, start, end)
+            if policy.allow_list and policy.allowed(_value(slot, start, end)):
+                continue
+            kept.append(Span(start, end, f.entity_type, rule.action, f.score))
+        return _merge(kept)
+
+    def _rewrite(self, slot: Slot, spans: list[Span], policy: Policy, redactions: Redactions, tenant: str) -> str:
+        text = slot.text
+        parts: list[str] = []
+        cursor = 0
+        for span in spans:
+            raw = text[span.start : span.end]
+            value = _value(slot, span.start, span.end)
+            redactions.counts[(span.entity_type, span.action.value)] += 1
+            match span.action:
+                case Action.PSEUDONYMIZE:
+                    out = redactions.placeholder_for(span.entity_type, value, restorable=policy.restore_answers)
+                case Action.REDACT:
+                    out = redactions.placeholder_for(span.entity_type, value, restorable=False)
+                case Action.MASK:
+                    masked = mask(value, policy.entities[span.entity_type].mask)
+                    out = json_escaped(masked) if slot.kind == "json" else masked
+                case Action.HASH:
+                    out = self.hash_token(span.entity_type, value, tenant)
+                case Action.ALLOW:
+                    out = raw
+                case Action.BLOCK:  # handled before rewriting; kept for exhaustiveness
+                    raise PolicyBlocked([span.entity_type])
+            parts.append(text[cursor : span.start])
+            parts.append(out)
+            cursor = span.end
+        parts.append(text[cursor:])
+        return "".join(parts)
+
+    def hash_token(self, entity_type: str, value: str, tenant: str) -> str:
+        """A keyed HMAC token: stable for the same value and tenant, unlinkable across tenants."""
+        digest = hmac.new(self._hash_key, f"{tenant}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        return f"<{entity_type}:{digest[:12]}>"
+
+
+def _value(slot: Slot, start: int, end: int) -> str:
+    raw = slot.text[start:end]
+    if slot.kind != "json" or "\\" not in raw:
+        return raw
+    try:
+        decoded: str = orjson.loads(b'"' + raw.encode("utf-8") + b'"')
+    except orjson.JSONDecodeError:
+        return raw
+    return decoded
+
+
+def _json_safe(text: str, start: int, end: int) -> tuple[int, int]:
+    """Widen a span inside JSON text so that it never cuts an escape sequence."""
+    raw = text[start:end]
+    if "\\" not in raw and not (start > 0 and text[start - 1] == "\\"):
+        return start, end
+    try:
+        orjson.loads(b'"' + raw.encode("utf-8") + b'"')
+        if not (start > 0 and text[start - 1] == "\\"):
+            return start, end
+    except orjson.JSONDecodeError:
+        pass
+    for m in _JSON_STRING.finditer(text):
+        inner_start, inner_end = m.start() + 1, m.end() - 1
+        if inner_start <= start < m.end():
+            return inner_start, max(inner_end, min(end, inner_end))
+    return start, end
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    """Merge overlapping spans into one covering span; the strongest action (then score) wins."""
+    if not spans:
+        return []
+    spans.sort(key=lambda s: (s.start, -s.end))
+    merged: list[Span] = []
+    cluster = [spans[0]]
+    end = spans[0].end
+    for span in spans[1:]:
+        if span.start < end:
+            cluster.append(span)
+            end = max(end, span.end)
+            continue
+        merged.append(_winner(cluster, end))
+        cluster, end = [span], span.end
+    merged.append(_winner(cluster, end))
+    return merged
+
+
+def _winner(cluster: list[Span], end: int) -> Span:
+    best = max(cluster, key=lambda s: (s.action.strength, s.score, s.end - s.start))
+    return Span(cluster[0].start, end, best.entity_type, best.action, best.score)
+
+
+def _propagate(slots: Sequence[Slot], spans: list[list[Span]]) -> list[list[Span]]:
+    """Add a span wherever a value found anywhere in the request appears again as a whole word."""
+    found: dict[str, Span] = {}
+    for slot, per_slot in zip(slots, spans, strict=True):
+        for span in per_slot:
+            if span.action is Action.ALLOW:
+                continue
+            value = _value(slot, span.start, span.end)
+            if len(value.strip()) >= 2:
+                previous = found.get(value)
+                if previous is None or span.action.strength > previous.action.strength:
+                    found[value] = span
+    if not found:
+        return spans
+    values = sorted(found, key=len, reverse=True)
+    out: list[list[Span]] = []
+    for slot, per_slot in zip(slots, spans, strict=True):
+        needles = {json_escaped(v) if slot.kind == "json" else v: v for v in values}
+        present = [n for n in needles if n in slot.text]
+        if not present:
+            out.append(per_slot)
+            continue
+        pattern = re.compile(
+            r"(?<!\w)(?:" + "|".join(re.escape(n) for n in sorted(present, key=len, reverse=True)) + r")(?!\w)"
+        )
+        extra = []
+        for m in pattern.finditer(slot.text):
+            origin = found[needles[m.group(0)]]
+            extra.append(Span(m.start(), m.end(), origin.entity_type, origin.action, origin.score))
+        out.append(_merge([*per_slot, *extra]))
+    return out
+
+
+def mask(value: str, spec: MaskSpec) -> str:
+    """``4111 1111 1111 1111`` -> ``**** **** **** 1111``: hide all but the first/last characters."""
+    significant = [i for i, ch in enumerate(value) if not (spec.keep_separators and ch in _SEPARATORS)]
+    keep = set(significant[: spec.keep_first]) | set(significant[len(significant) - spec.keep_last :])
+    if spec.keep_last == 0:
+        keep = set(significant[: spec.keep_first])
+    hidden = [i for i in significant if i not in keep]
+    if not hidden and significant:  # never show a value in full
+        hidden = significant
+    chars = list(value)
+    for i in hidden:
+        chars[i] = spec.char
+    return "".join(chars)

