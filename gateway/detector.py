@@ -70,6 +70,8 @@ class DetectionSpec:
     """What to look for: everything a worker needs besides the text. Hashable; part of the cache key."""
 
     language: str = "en"
+    #: ISO 3166 region codes the policy names; recognizers for other regions' formats stay off.
+    regions: tuple[str, ...] = ()
     entities: tuple[str, ...] = ()
     recognizers: tuple[RecognizerDef, ...] = ()
     min_score: float = 0.0
@@ -111,26 +113,39 @@ def check_model(model: str) -> None:
     raise ModelMissing(f"spaCy model '{model}' is not installed and will not be downloaded: {hint}")
 
 
-def build_engine(model: str, language: str) -> Any:
-    """An AnalyzerEngine over an already-loaded spaCy pipeline. Never downloads anything."""
+@cache
+def load_nlp(model: str) -> Any:
+    """The spaCy pipeline, loaded once per process and shared by every engine built here."""
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
     check_model(model)
     import spacy
+
+    return spacy.load(model)
+
+
+def build_engine(model: str, language: str, regions: tuple[str, ...] = ()) -> Any:
+    """An AnalyzerEngine over an already-loaded spaCy pipeline, with our recognizers. Never downloads."""
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import SpacyNlpEngine
 
+    from . import recognizers
+
     nlp_engine = SpacyNlpEngine(models=[{"lang_code": language, "model_name": model}])
     # Hand Presidio a loaded pipeline so that its load(), which downloads missing models, never runs.
-    nlp_engine.nlp = {language: spacy.load(model)}  # type: ignore[assignment]
+    nlp_engine.nlp = {language: load_nlp(model)}  # type: ignore[assignment]
     registry = RecognizerRegistry(supported_languages=[language])
     registry.load_predefined_recognizers(languages=[language], nlp_engine=nlp_engine)
+    for recognizer in recognizers.build(language, regions):
+        registry.add_recognizer(recognizer)
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[language])
 
 
 @cache
-def _worker_engine(model: str, language: str) -> Any:
-    # One engine per process, built on first use and kept: this cache *is* the worker's state.
-    return build_engine(model, language)
+def _worker_engine(model: str, language: str, regions: tuple[str, ...] = ()) -> Any:
+    # One engine per process and region set, built on first use and kept: this cache *is* the
+    # worker's state. The spaCy pipeline underneath is shared (load_nlp).
+    return build_engine(model, language, regions)
 
 
 @cache
@@ -154,7 +169,7 @@ def _ad_hoc(recognizers: tuple[RecognizerDef, ...], language: str) -> list[Any]:
 
 def analyze_batch(model: str, texts: Sequence[str], spec: DetectionSpec) -> list[list[Finding]]:
     """Run in a worker: analyse each text, return findings per text (offsets only)."""
-    engine = _worker_engine(model, spec.language)
+    engine = _worker_engine(model, spec.language, spec.regions)
     entities = list(spec.entities) or None
     ad_hoc = _ad_hoc(spec.recognizers, spec.language) if spec.recognizers else None
     out: list[list[Finding]] = []

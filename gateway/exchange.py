@@ -41,6 +41,11 @@ class Exchange:
     outcome: str = "ok"
     error_code: str | None = None
     detect_seconds: float | None = None
+    #: From request received to the request handed to the upstream: what the gateway adds up front.
+    forwarded_seconds: float | None = None
+    #: ``unreachable``, ``timeout_connect``, ``timeout_first_byte``, ``timeout_stream_idle``,
+    #: ``broken_stream``, ``status_4xx`` or ``status_5xx``.
+    upstream_error: str | None = None
     upstream_first_byte_seconds: float | None = None
     first_token_seconds: float | None = None
     duration_seconds: float | None = None

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import recognizers
 from .detector import DetectionSpec, PatternDef, RecognizerDef
 
 #: Entity types Presidio's predefined recognizers and the spaCy NER mapping can produce.
@@ -148,6 +149,19 @@ class Policy(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
     description: str = ""
     languages: list[str] = Field(default=["en"], min_length=1)
+    #: ISO 3166 codes (``US``, ``GB``, ``DE``) whose national formats (phones, IDs) are looked for.
+    regions: list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] = [
+        "US",
+        "GB",
+        "DE",
+        "FR",
+        "ES",
+        "IT",
+        "NL",
+        "CA",
+        "AU",
+        "IN",
+    ]
     #: Default minimum score for every entity without its own threshold.
     score_threshold: float = Field(default=0.35, ge=0, le=1)
     entities: dict[str, Annotated[EntityRule, BeforeValidator(_rule_shorthand)]] = {}
@@ -168,7 +182,7 @@ class Policy(_Strict):
     def _entities_known(self) -> Policy:
         custom = {r.entity for r in self.recognizers}
         for name in self.entities:
-            if name not in PRESIDIO_ENTITIES and name not in custom:
+            if name not in PRESIDIO_ENTITIES and name not in recognizers.ENTITY_TYPES and name not in custom:
                 raise ValueError(
                     f"unknown entity type '{name}' in 'entities' (known: Presidio's types, "
                     f"or one defined under 'recognizers')"
@@ -199,6 +213,7 @@ class Policy(_Strict):
         thresholds = [self.threshold(e) for e in self.entities] or [self.score_threshold]
         return DetectionSpec(
             language=self.languages[0],
+            regions=tuple(sorted(self.regions)),
             entities=tuple(sorted(self.entities)),
             recognizers=recognizers,
             min_score=min(thresholds),

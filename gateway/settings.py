@@ -83,6 +83,54 @@ class LimitSettings(_Model):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 
 
+class TranscriptSettings(_Model):
+    enabled: bool = True
+    #: ``postgresql://...`` for a store shared by several replicas. None: SQLite in the data dir.
+    dsn: Secret | None = None
+    #: Transcripts waiting for the store; what happens when it is full is ``on_store_failure``.
+    queue_size: int = Field(default=10_000, ge=1)
+    #: ``fail_closed``: refuse new requests while the queue is full. ``buffer``: spill to an encrypted
+    #: local file and replay it when the store is back.
+    on_store_failure: Literal["fail_closed", "buffer"] = "buffer"
+    #: Transcripts older than this are purged automatically. 0 keeps them forever.
+    retention_days: int = Field(default=30, ge=0)
+
+    @field_validator("dsn", mode="before")
+    @classmethod
+    def _wrap_secret(cls, value: object) -> object:
+        return Secret(value) if isinstance(value, str) and value else (None if value == "" else value)
+
+
+class AdminSettings(_Model):
+    """A second listener for /metrics and the admin API, so they need not be exposed with the API."""
+
+    host: str = "127.0.0.1"
+    #: None: /metrics is served on the main port.
+    port: int | None = Field(default=None, ge=0, le=65535)
+
+
+class MetricsSettings(_Model):
+    enabled: bool = True
+    #: Tenants that get their own ``tenant`` label value (others: ``other``). Empty: no tenant label.
+    tenants: list[str] = []
+    #: Models that get their own ``model`` label value; every other model is ``other``.
+    models: list[str] = []
+
+
+class TlsSettings(_Model):
+    cert: Path | None = None
+    key: Path | None = None
+
+
+class UpstreamTlsSettings(_Model):
+    verify: bool = True
+    #: A corporate CA bundle (PEM) to trust for upstreams.
+    ca_bundle: Path | None = None
+    #: Client certificate and key (PEM) for upstreams that require mutual TLS.
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
 class Settings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -100,6 +148,18 @@ class Settings(_Model):
     detector: DetectorSettings = DetectorSettings()
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     limits: LimitSettings = LimitSettings()
+    transcripts: TranscriptSettings = TranscriptSettings()
+    admin: AdminSettings = AdminSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    tls: TlsSettings = TlsSettings()
+    upstream_tls: UpstreamTlsSettings = UpstreamTlsSettings()
+    #: Base64 of 32 bytes. Wraps the per-tenant data keys of transcripts, and keys the ``hash`` action.
+    master_key: Secret | None = None
+    master_key_file: Path | None = None
+    #: Hashed gateway API keys. None: ``keys.yaml`` in the data dir.
+    keys_file: Path | None = None
+    #: On SIGTERM, how long in-flight requests and streams may take to finish.
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0)
 
     @field_validator("upstream")
     @classmethod
@@ -115,7 +175,7 @@ class Settings(_Model):
             raise ValueError("must not carry a query string or fragment")
         return value.rstrip("/")
 
-    @field_validator("upstream_api_key", mode="before")
+    @field_validator("upstream_api_key", "master_key", mode="before")
     @classmethod
     def _wrap_secret(cls, value: object) -> object:
         if isinstance(value, str):
@@ -126,6 +186,9 @@ class Settings(_Model):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    def resolved_keys_file(self) -> Path:
+        return self.keys_file if self.keys_file is not None else self.data_dir / "keys.yaml"
 
     def resolved_policies_dir(self) -> Path:
         if self.policies_dir is not None:
@@ -143,6 +206,8 @@ def bundled_policies_dir() -> Path:
 
 
 _FIELDS_WITH_FILES = {"upstream_api_key": "upstream_api_key_file"}
+_FILE_FIELDS = frozenset(_FIELDS_WITH_FILES.values())
+# master_key_file stays a path: in dev mode the gateway creates that file itself (see crypto.py).
 
 
 def load_settings(
@@ -195,7 +260,11 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
         if key == "env":  # PII_GATEWAY_ENV=production
             flat["production"] = value.strip().lower() == "production"
             continue
-        flat[key.replace("__", ".")] = value
+        dotted = key.replace("__", ".")
+        # Only names of settings are read: Kubernetes service links inject PII_GATEWAY_SERVICE_HOST
+        # and the like, which are not ours. A misspelt *nested* name is still reported as unknown.
+        if dotted.split(".")[0] in Settings.model_fields or dotted in _FILE_FIELDS:
+            flat[dotted] = value
     return _unflatten(flat)
 
 
@@ -214,10 +283,12 @@ def _deep_update(target: dict[str, Any], new: Mapping[str, Any], sources: dict[s
     def walk(dst: dict[str, Any], src: Mapping[str, Any], prefix: str) -> None:
         for key, value in src.items():
             dotted = f"{prefix}{key}"
-            if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
+            if isinstance(value, Mapping):
+                if not isinstance(dst.get(key), dict):
+                    dst[key] = {}
                 walk(dst[key], value, dotted + ".")
             else:
-                dst[key] = dict(value) if isinstance(value, Mapping) else value
+                dst[key] = value
                 sources[dotted] = origin
 
     walk(target, new, "")
