@@ -1,0 +1,109 @@
+"""The command line as a user runs it: serve (both entry points), demo, and start-up failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 90) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(int(seconds * 10)):
+            if proc.poll() is not None:
+                raise AssertionError(f"gateway exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
+            try:
+                async with session.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("gateway never became ready")
+
+
+@pytest.mark.parametrize("entry", [[str(BIN / "pii-gateway")], [sys.executable, "-m", "gateway"]])
+async def test_serve_proxies_and_stops_cleanly_on_sigterm(
+    entry: list[str], upstream_url: str, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [*entry, "serve", "--upstream", upstream_url, "--port", str(port), "--data-dir", str(data), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PII_GATEWAY_")},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_ready(url, proc)
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="sk-x", max_retries=0) as client:
+            reply = await client.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": "Hi, I am Maria Gonzalez, write to maria.g@example.com."}],
+            )
+        assert reply.choices[0].message.content == "Hi, I am Maria Gonzalez, write to maria.g@example.com."
+        assert "Maria Gonzalez" not in str(fake_upstream.requests[-1])
+        assert data.is_dir()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"Maria" not in err  # logs carry no values
+    assert b'"message":"stopped"' in err
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PII_GATEWAY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **(env or {})},
+        check=False,
+    )
+
+
+def test_missing_spacy_model_stops_start_up_naming_what_to_install(tmp_path: Path) -> None:
+    result = run_cli("serve", "--nlp-model", "en_core_web_lg", "--data-dir", str(tmp_path), "--port", "0")
+    assert result.returncode == 2
+    assert "en_core_web_lg" in result.stderr
+    assert "will not be downloaded" in result.stderr
+    assert "en-core-web-lg" in result.stderr
+
+
+def test_bad_setting_stops_start_up_naming_it() -> None:
+    result = run_cli("serve", "--port", "99999")
+    assert result.returncode == 2
+    assert "setting 'port'" in result.stderr
+
+
+def test_demo_shows_the_three_views_offline() -> None:
+    result = run_cli("demo", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "The upstream (the AI provider) received" in out
+    upstream_view = out.split("== 2.")[1].split("== 3.")[0]
+    assert "John Smith" not in upstream_view
+    assert "<PERSON_" in upstream_view
+    client_view = out.split("== 3.")[1]
+    assert "John Smith" in client_view
