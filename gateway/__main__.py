@@ -56,11 +56,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="show the gateway at work on a built-in example, offline")
     _common(demo)
+
+    policy = commands.add_parser("policy", help="check and try policies")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_commands.add_parser("check", help="validate policy files and run their examples")
+    _common(check)
+    check.add_argument("files", nargs="+", type=Path)
+    check.add_argument("--schema-only", action="store_true", help="validate without running the examples")
+    explain = policy_commands.add_parser("explain", help="show what a policy would do to a text")
+    _common(explain)
+    explain.add_argument("--policy", dest="policy_name", default=None, help="policy name (default: the default policy)")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.add_argument("text")
+
+    keys = commands.add_parser("keys", help="gateway API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key; it is shown once and stored hashed")
+    _common(create)
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--policy", dest="key_policy", default=None, help="policy bound to the key")
+    create.add_argument("--role", choices=["client", "admin"], default="client")
+    create.add_argument("--expires", default=None, help="lifetime such as 90d or 12h (default: no expiry)")
+    create.add_argument("--description", default="")
+    listing = key_commands.add_parser("list", help="list keys (never their secrets)")
+    _common(listing)
+    revoke = key_commands.add_parser("revoke", help="revoke a key by id")
+    _common(revoke)
+    revoke.add_argument("key_id")
     return parser
 
 
+_COMMAND_ARGS = {
+    "command", "config", "policy_command", "keys_command", "files", "schema_only", "policy_name", "json", "text",
+    "tenant", "key_policy", "role", "expires", "description", "key_id",
+}  # fmt: skip
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in _COMMAND_ARGS}
     return load_settings(flags, config_file=args.config)
 
 
@@ -71,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"pii-gateway: {exc}", file=sys.stderr)
         return 2
-    quiet_demo = args.command == "demo" and args.log_level is None
-    logs.configure("warning" if quiet_demo else settings.log_level)
+    quiet = args.command != "serve" and args.log_level is None
+    logs.configure("warning" if quiet else settings.log_level)
     try:
         if args.command == "serve":
             from .server import serve
@@ -83,6 +116,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return int(_run(run_demo(settings)))
+        if args.command == "policy":
+            from . import cli_commands
+
+            if args.policy_command == "check":
+                return int(_run(cli_commands.policy_check(settings, args.files, run=not args.schema_only)))
+            name = args.policy_name or settings.default_policy
+            return int(_run(cli_commands.policy_explain(settings, name, args.text, args.json)))
+        if args.command == "keys":
+            from . import cli_commands
+
+            if args.keys_command == "create":
+                return cli_commands.keys_create(
+                    settings, args.tenant, args.key_policy, args.role, args.expires, args.description
+                )
+            if args.keys_command == "list":
+                return cli_commands.keys_list(settings)
+            return cli_commands.keys_revoke(settings, args.key_id)
     except ModelMissing as exc:
         print(f"pii-gateway: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,14 @@
 """create_app(): routes, the error middleware, typed AppKeys, and the shared resources' lifetimes.
 
-Shared resources live in ``cleanup_ctx`` (one ClientSession, the detector) and are reached through
-``GATEWAY``. Anything not routed here is refused with 404 and never forwarded: an endpoint the gateway
-does not scan would be a hole.
+Shared resources live in ``cleanup_ctx`` (one ClientSession, the detector, the policy/key watcher)
+and are reached through ``PARTS``. Anything not routed here is refused with 404 and never forwarded:
+an endpoint the gateway does not scan would be a hole.
+
+Routes:
+- ``POST /v1/chat/completions`` (and ``/chat/completions``): the proxied API;
+- ``GET /healthz`` (alive), ``GET /readyz`` (detector loaded, not draining);
+- ``GET /metrics``: here unless ``admin.port`` moves it to the admin listener (``create_admin_app``);
+- ``POST /v1/gateway/explain`` (dry run, forwards nothing) and ``POST /v1/gateway/reload``: admin key.
 """
 
 from __future__ import annotations
@@ -16,12 +22,18 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
+from .admin import handle_explain, handle_reload
 from .detector import Detector, PresidioDetector
 from .errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
-from .pipeline import Gateway, PolicyHolder, error_response, handle_chat_completions
+from .keys import KeyRing
+from .metrics import Metrics
+from .pipeline import Gateway, error_response, handle_chat_completions
 from .policy import PolicyBook, load_policy_dir
 from .redaction import Redactor
+from .reloader import KeyHolder, PolicyHolder, Reloader
 from .settings import Settings
 from .upstream import UpstreamClient
 
@@ -34,11 +46,21 @@ class Parts:
 
     settings: Settings
     policies: PolicyHolder
+    keys: KeyHolder
     detector: Detector
     owns_detector: bool
     hash_key: bytes
+    metrics: Metrics
+    reloader: Reloader
     gateway: Gateway | None = None
+    draining: bool = False
     background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, coro: object, name: str) -> None:
+        """Start a background task and keep a reference until it ends (a bare create_task may be GC'd)."""
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 PARTS = web.AppKey("parts", Parts)
@@ -50,9 +72,11 @@ def create_app(
     detector: Detector | None = None,
     policies: PolicyBook | None = None,
     hash_key: bytes | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> web.Application:
     """Build the application. A detector passed in is shared and not closed by this app."""
-    book = policies or load_policy_dir(settings.resolved_policies_dir(), settings.default_policy)
+    policies_dir = settings.resolved_policies_dir()
+    book = policies or load_policy_dir(policies_dir, settings.default_policy)
     owns = detector is None
     if detector is None:
         detector = PresidioDetector(
@@ -62,6 +86,19 @@ def create_app(
             timeout=settings.detector.timeout_seconds,
             cache_entries=settings.detector.cache_entries,
         )
+    metrics = Metrics(
+        registry, provider=_provider(settings), models=settings.metrics.models, tenants=settings.metrics.tenants
+    )
+    policy_holder = PolicyHolder(book)
+    key_holder = KeyHolder(KeyRing.load(settings.resolved_keys_file()))
+    reloader = Reloader(
+        policies=policy_holder,
+        keys=key_holder,
+        policies_dir=policies_dir,
+        keys_file=settings.resolved_keys_file(),
+        default_policy=settings.default_policy,
+        metrics=metrics,
+    )
     app = web.Application(
         middlewares=[_errors_middleware],
         client_max_size=settings.limits.max_body_bytes,
@@ -69,24 +106,51 @@ def create_app(
     )
     app[PARTS] = Parts(
         settings=settings,
-        policies=PolicyHolder(book),
+        policies=policy_holder,
+        keys=key_holder,
         detector=detector,
         owns_detector=owns,
         hash_key=hash_key or os.urandom(32),
+        metrics=metrics,
+        reloader=reloader,
     )
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/chat/completions", _chat)
+    app.router.add_post("/v1/gateway/explain", _explain)
+    app.router.add_post("/v1/gateway/reload", _reload)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    if settings.admin.port is None and settings.metrics.enabled:
+        app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_route("*", "/{tail:.*}", _unknown)
     return app
+
+
+def create_admin_app(main: web.Application) -> web.Application:
+    """The admin listener: /metrics, /healthz and /readyz, for a port not exposed with the API."""
+    parts = main[PARTS]
+    admin = web.Application()
+    admin[PARTS] = parts
+    if parts.settings.metrics.enabled:
+        admin.router.add_get("/metrics", make_aiohttp_handler(parts.metrics.registry))
+    admin.router.add_get("/healthz", _healthz)
+    admin.router.add_get("/readyz", _readyz)
+    return admin
+
+
+def _provider(settings: Settings) -> str:
+    host = (settings.upstream or "").lower()
+    for name in ("openai.azure.com", "anthropic", "openai"):
+        if name in host:
+            return {"openai.azure.com": "azure.ai.openai"}.get(name, name)
+    return "openai_compatible"
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     parts = app[PARTS]
     settings = parts.settings
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
     if settings.upstream is None:
         raise RuntimeError("create_app needs settings.upstream; serve() fills it with the demo upstream")
@@ -94,20 +158,23 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     parts.gateway = Gateway(
         settings=settings,
         policies=parts.policies,
+        keys=parts.keys,
         detector=parts.detector,
         redactor=Redactor(parts.detector, parts.hash_key),
         upstream=upstream,
+        metrics=parts.metrics,
     )
     if parts.owns_detector:
         # Load the model in the background so /healthz answers at once; /readyz waits for it.
-        task = asyncio.create_task(_start_detector(parts.detector))
-        parts.background.add(task)
-        task.add_done_callback(parts.background.discard)
+        parts.spawn(_start_detector(parts.detector), "detector-start")
+    if settings.reload_interval_seconds > 0:
+        parts.spawn(parts.reloader.watch(settings.reload_interval_seconds), "policy-watch")
     try:
         yield
     finally:
         for task in list(parts.background):
             task.cancel()
+        await asyncio.gather(*parts.background, return_exceptions=True)
         if parts.owns_detector:
             await parts.detector.close()
         await session.close()
@@ -118,7 +185,7 @@ async def _start_detector(detector: Detector) -> None:
         await detector.start()
         log.info("detector ready")
     except Exception as exc:
-        log.error("the detector failed to start: %s", type(exc).__name__)
+        log.error("the detector failed to start", extra={"error": type(exc).__name__})
         raise
 
 
@@ -132,12 +199,22 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     return await handle_chat_completions(request, _gateway(request))
 
 
+async def _explain(request: web.Request) -> web.StreamResponse:
+    return await handle_explain(request, _gateway(request))
+
+
+async def _reload(request: web.Request) -> web.StreamResponse:
+    return await handle_reload(request, _gateway(request), request.app[PARTS].reloader)
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 async def _readyz(request: web.Request) -> web.Response:
     parts = request.app[PARTS]
+    if parts.draining:
+        return web.json_response({"status": "draining"}, status=503)
     if parts.detector.ready:
         return web.json_response({"status": "ready", "policies": sorted(parts.policies.book.policies)})
     return web.json_response({"status": "starting", "detector": "loading"}, status=503)

@@ -7,6 +7,9 @@ The tree::
     │   ├── InvalidJSON               400  the body is not a JSON object
     │   ├── UnscannableContent        400  a part the detector cannot read (image, audio, file)
     │   └── PolicyBlocked             400  a finding whose action is `block`; names the type, never the value
+    ├── Unauthorized                  401  a missing, unknown, revoked or expired gateway key (one message)
+    ├── Forbidden                     403
+    │   └── WeakerPolicy              403  a request asked for a policy weaker than its key's
     ├── PayloadTooLarge               413
     ├── NotFound                      404  an endpoint the gateway does not scan is never forwarded
     ├── MethodNotAllowed              405
@@ -70,6 +73,25 @@ class PolicyBlocked(BadRequest):
         self.entity_types = sorted(set(entity_types))
 
 
+class Unauthorized(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str = "Missing or invalid gateway API key.") -> None:
+        super().__init__(message)
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class WeakerPolicy(Forbidden):
+    code = "policy_not_allowed"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -102,6 +124,11 @@ class UpstreamError(GatewayError):
     status = 502
     type = "server_error"
     code = "upstream_error"
+
+    def __init__(self, message: str, *, reason: str = "unreachable") -> None:
+        super().__init__(message)
+        #: A bounded label for metrics: unreachable, broken_stream, too_large, timeout_<phase>.
+        self.reason = reason
 
 
 class UpstreamTimeout(UpstreamError):

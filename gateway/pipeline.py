@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from .api import chat
+from .auth import Principal, authenticate
 from .detector import Detector
 from .errors import (
     DetectionFailed,
@@ -35,9 +36,11 @@ from .errors import (
 )
 from .exchange import Exchange
 from .logs import request_context
+from .metrics import Metrics
 from .placeholders import PlaceholderRestorer
-from .policy import Policy, PolicyBook
+from .policy import Policy
 from .redaction import Redactor
+from .reloader import KeyHolder, PolicyHolder
 from .settings import Settings
 from .streaming import relay_stream
 from .upstream import Reply, UpstreamClient, client_headers
@@ -47,34 +50,46 @@ log = logging.getLogger("gateway.access")
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 
 
-class PolicyHolder:
-    """The live PolicyBook. Reloading replaces ``book`` in one assignment; requests keep their Policy."""
-
-    def __init__(self, book: PolicyBook) -> None:
-        self.book = book
-
-
 @dataclass
 class Gateway:
     """Everything the request path needs, built once per app (see app.py)."""
 
     settings: Settings
     policies: PolicyHolder
+    keys: KeyHolder
     detector: Detector
     redactor: Redactor
     upstream: UpstreamClient
+    metrics: Metrics
 
-    def select_policy(self, request: web.Request, body: Mapping[str, Any]) -> Policy:
-        return self.policies.book.default_policy
+    @property
+    def keys_required(self) -> bool:
+        return self.settings.upstream_api_key is not None or self.settings.auth.require_keys
+
+    def authenticate(self, request: web.Request) -> Principal:
+        return authenticate(request.headers, self.keys.ring, keys_required=self.keys_required)
+
+    def select_policy(self, request: web.Request, principal: Principal, model: str | None, route: str) -> Policy:
+        return self.policies.book.select(
+            bound=principal.policy,
+            model=model,
+            route=route,
+            bindings=self.settings.policy_bindings,
+            requested=request.headers.get("X-PII-Policy"),
+        )
 
 
 async def handle_chat_completions(request: web.Request, gateway: Gateway) -> web.StreamResponse:
     exchange = Exchange(route="chat.completions")
+    in_flight = gateway.metrics.in_flight.labels(exchange.route)
+    in_flight.inc()
     with request_context(exchange.request_id):
         try:
             return await _chat_completions(request, gateway, exchange)
         except GatewayError as exc:
             exchange.error_code = exc.code
+            if isinstance(exc, UpstreamError):
+                exchange.upstream_error = exc.reason
             if exchange.outcome == "ok":
                 exchange.outcome = "client_error" if exc.status < 500 else "upstream_error"
             exchange.finish(exc.status)
@@ -84,16 +99,20 @@ async def handle_chat_completions(request: web.Request, gateway: Gateway) -> web
             exchange.finish(499)
             raise
         finally:
+            in_flight.dec()
             exchange.finish(500)
+            gateway.metrics.observe(exchange)
             _log_exchange(exchange)
 
 
 async def _chat_completions(request: web.Request, gateway: Gateway, exchange: Exchange) -> web.StreamResponse:
+    principal = gateway.authenticate(request)
+    exchange.tenant = principal.tenant
     body = await read_json(request, gateway.settings.limits.max_body_bytes)
     exchange.model = body["model"] if isinstance(body.get("model"), str) else None
     exchange.stream = body.get("stream") is True
 
-    policy = gateway.select_policy(request, body)
+    policy = gateway.select_policy(request, principal, exchange.model, exchange.route)
     exchange.policy = policy.name
     slots, exchange.unscanned_parts = chat.collect_slots(body, policy)
 
@@ -114,6 +133,7 @@ async def _chat_completions(request: web.Request, gateway: Gateway, exchange: Ex
 
     table = redactions.restorable if policy.restore_answers else {}
     outbound = orjson.dumps(body)
+    exchange.forwarded_seconds = exchange.elapsed()
     async with gateway.upstream.send("/chat/completions", request.query_string, outbound, request.headers) as reply:
         exchange.upstream_first_byte_seconds = exchange.elapsed()
         if reply.status < 400 and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
@@ -160,6 +180,7 @@ async def relay_whole(reply: Reply, exchange: Exchange, table: Mapping[str, str]
             body = _restore_text(raw, table, json_escape=is_json, exchange=exchange)
     if reply.status >= 400:
         exchange.outcome = "upstream_error"
+        exchange.upstream_error = f"status_{reply.status // 100}xx"
     exchange.finish(reply.status)
     headers = client_headers(reply.headers)
     headers["X-Request-Id"] = exchange.request_id

@@ -7,8 +7,9 @@ never ignored. The book is replaced as a whole (``PolicyBook`` is immutable); a 
 
 from __future__ import annotations
 
+import fnmatch
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +28,8 @@ from pydantic import (
 
 from . import recognizers
 from .detector import DetectionSpec, PatternDef, RecognizerDef
+from .errors import WeakerPolicy
+from .settings import PolicyBindingSettings
 
 #: Entity types Presidio's predefined recognizers and the spaCy NER mapping can produce.
 PRESIDIO_ENTITIES = frozenset(
@@ -231,6 +234,40 @@ class Policy(_Strict):
     def detects_nothing(self) -> bool:
         return not self.entities
 
+    def at_least_as_strict_as(self, other: Policy) -> bool:
+        """True when this policy hides everything ``other`` hides, at least as hard and as readily.
+
+        Compared: every non-allow entity of ``other`` (action strength and threshold), the roles
+        scanned, the recognizers and the allow-list (a longer allow-list is weaker), unscannable
+        content and value propagation. Restoring answers does not change what the upstream sees.
+        """
+        for name, theirs in other.entities.items():
+            if theirs.action is Action.ALLOW:
+                continue
+            mine = self.entities.get(name)
+            if mine is None or mine.action.strength < theirs.action.strength:
+                return False
+            if self.threshold(name) > other.threshold(name):
+                return False
+        if not set(other.roles) <= set(self.roles):
+            return False
+        if not {r.name for r in other.recognizers} <= {r.name for r in self.recognizers}:
+            return False
+        if not set(self.allow_list) <= set(other.allow_list):
+            return False
+        if other.unscannable_content == "refuse" and self.unscannable_content != "refuse":
+            return False
+        return self.propagate or not other.propagate
+
+
+def binding_matches(binding: PolicyBindingSettings, model: str | None, route: str) -> bool:
+    """A binding matches when every condition it sets holds (and it sets at least one)."""
+    if binding.route is not None and binding.route != route:
+        return False
+    if binding.model is not None and (model is None or not fnmatch.fnmatchcase(model, binding.model)):
+        return False
+    return binding.route is not None or binding.model is not None
+
 
 class PolicyError(Exception):
     """A policy file is wrong; the message names the file, the line and the field."""
@@ -303,6 +340,49 @@ class PolicyBook:
 
     def get(self, name: str) -> Policy:
         return self.policies[name]
+
+    def select(
+        self,
+        *,
+        bound: str | None,
+        model: str | None,
+        route: str,
+        bindings: Sequence[PolicyBindingSettings],
+        requested: str | None = None,
+    ) -> Policy:
+        """The policy for one request.
+
+        1. The key's policy, if the key binds one; otherwise the first binding that matches the
+           route or model; otherwise the default.
+        2. A matching binding replaces a key's policy only if it is at least as strict.
+        3. A policy the request asks for (``X-PII-Policy``) applies only if it is at least as strict
+           as the one from steps 1-2; asking for a weaker one is refused (403), never silently ignored.
+        """
+        rule = next((b.policy for b in bindings if binding_matches(b, model, route)), None)
+        if bound is not None:
+            chosen = self._named(bound)
+            if rule is not None and self._named(rule).at_least_as_strict_as(chosen):
+                chosen = self._named(rule)
+        else:
+            chosen = self._named(rule) if rule is not None else self.default_policy
+        if requested is not None and requested != chosen.name:
+            asked = self.policies.get(requested)
+            if asked is None:
+                raise WeakerPolicy(f"Unknown policy '{requested[:64]}'.")
+            if not asked.at_least_as_strict_as(chosen):
+                raise WeakerPolicy(
+                    f"Policy '{asked.name}' is weaker than '{chosen.name}', which applies to this request."
+                )
+            chosen = asked
+        return chosen
+
+    def _named(self, name: str) -> Policy:
+        policy = self.policies.get(name)
+        if policy is None:
+            # A key or binding names a policy that is not loaded: fail closed on the default's
+            # side would weaken it, so refuse instead.
+            raise WeakerPolicy(f"The policy '{name[:64]}' bound to this request is not loaded.")
+        return policy
 
     @property
     def default_policy(self) -> Policy:

@@ -43,6 +43,17 @@ class Slot:
     write: Callable[[str], None]
     kind: Literal["text", "json"] = "text"
 
+    @classmethod
+    def detached(cls, text: str, role: str | None = None) -> Slot:
+        """A slot that is not part of a request body: the redacted text ends up in ``slot.text``."""
+        slot = cls(text, role, lambda _: None)
+
+        def write(new: str) -> None:
+            slot.text = new
+
+        slot.write = write
+        return slot
+
 
 @dataclass(frozen=True, slots=True)
 class Span:
@@ -92,15 +103,9 @@ class Redactor:
     def _resolve(self, slot: Slot, findings: list[Finding], policy: Policy) -> list[Span]:
         kept: list[Span] = []
         for f in findings:
-            rule = policy.rule(f.entity_type)
-            if rule is None or f.score < policy.threshold(f.entity_type):
-                continue
-            start, end = f.start, f.end
-            if slot.kind == "json":
-                start, end = _json_safe(slot.text, start, end)
-            if policy.allow_list and policy.allowed(_value(slot, start, end)):
-                continue
-            kept.append(Span(start, end, f.entity_type, rule.action, f.score))
+            start, end = (f.start, f.end) if slot.kind == "text" else _json_safe(slot.text, f.start, f.end)
+            if skip_reason(f, _value(slot, start, end), policy) is None:
+                kept.append(Span(start, end, f.entity_type, policy.entities[f.entity_type].action, f.score))
         return _merge(kept)
 
     def _rewrite(self, slot: Slot, spans: list[Span], policy: Policy, redactions: Redactions, tenant: str) -> str:
@@ -137,6 +142,18 @@ class Redactor:
         return f"<{entity_type}:{digest[:12]}>"
 
 
+def skip_reason(finding: Finding, value: str, policy: Policy) -> str | None:
+    """Why a finding is ignored under ``policy``, or None when it is acted on (step 3)."""
+    if finding.entity_type not in policy.entities:
+        return "the policy does not list this entity type"
+    threshold = policy.threshold(finding.entity_type)
+    if finding.score < threshold:
+        return f"score {finding.score:.2f} is below the threshold {threshold:.2f}"
+    if policy.allow_list and policy.allowed(value):
+        return "the value is on the policy's allow-list"
+    return None
+
+
 def _value(slot: Slot, start: int, end: int) -> str:
     raw = slot.text[start:end]
     if slot.kind != "json" or "\\" not in raw:
@@ -167,7 +184,23 @@ def _json_safe(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def _merge(spans: list[Span]) -> list[Span]:
-    """Merge overlapping spans into one covering span; the strongest action (then score) wins."""
+    """Merge overlapping spans into one covering span; the strongest action (then score) wins.
+
+    ``allow`` spans never widen a span that hides something: they are kept (to be counted) only
+    where they overlap nothing else.
+    """
+    hiding = [s for s in spans if s.action is not Action.ALLOW]
+    allowed = [s for s in spans if s.action is Action.ALLOW and not any(_overlaps(s, h) for h in hiding)]
+    spans = _merge_overlapping(hiding) + _merge_overlapping(allowed)
+    spans.sort(key=lambda s: s.start)
+    return spans
+
+
+def _overlaps(a: Span, b: Span) -> bool:
+    return a.start < b.end and b.start < a.end
+
+
+def _merge_overlapping(spans: list[Span]) -> list[Span]:
     if not spans:
         return []
     spans.sort(key=lambda s: (s.start, -s.end))

@@ -21,14 +21,12 @@ import signal
 
 from aiohttp import web
 
-from .app import create_app
+from .app import PARTS, create_admin_app, create_app
 from .detector import check_model
 from .echo_upstream import start_echo_upstream
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-SHUTDOWN_GRACE_SECONDS = 25.0
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
@@ -46,20 +44,43 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         )
 
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, handler_cancellation=True)
+    parts = app[PARTS]
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()
-    log.info("listening", extra={"host": settings.host, "port": settings.port, "upstream": settings.upstream})
+    admin_runner = None
+    if settings.admin.port is not None:
+        admin_runner = web.AppRunner(create_admin_app(app), access_log=None)
+        await admin_runner.setup()
+        await web.TCPSite(admin_runner, settings.admin.host, settings.admin.port).start()
+    log.info(
+        "listening",
+        extra={
+            "host": settings.host,
+            "port": settings.port,
+            "admin_port": settings.admin.port,
+            "upstream": settings.upstream,
+        },
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_hangup() -> None:
+        log.info("SIGHUP: reloading policies and keys")
+        parts.spawn(parts.reloader.reload(), "sighup-reload")
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
             log.warning("second signal: exiting now")
             os._exit(1)
         log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        parts.draining = True  # /readyz turns 503 at once
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -69,9 +90,13 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     try:
         await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        # runner.cleanup() closes the listening socket, then waits up to shutdown_timeout for
+        # in-flight requests (streams included), then runs cleanup_ctx (detector, session).
         await runner.cleanup()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
         if echo_runner is not None:
             await echo_runner.cleanup()
         log.info("stopped")

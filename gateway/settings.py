@@ -131,6 +131,19 @@ class UpstreamTlsSettings(_Model):
     client_key: Path | None = None
 
 
+class PolicyBindingSettings(_Model):
+    """Pick a policy by route and/or model name glob; see PolicyBook.select."""
+
+    policy: str
+    model: str | None = None
+    route: str | None = None
+
+
+class AuthSettings(_Model):
+    #: Refuse requests without a gateway key even while the gateway holds no upstream key.
+    require_keys: bool = False
+
+
 class Settings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -144,6 +157,10 @@ class Settings(_Model):
     #: Folder of policy YAML files. None: the policies shipped with the package.
     policies_dir: Path | None = None
     default_policy: str = "default"
+    policy_bindings: list[PolicyBindingSettings] = []
+    #: Seconds between checks of the policies folder and key file for changes (0: only on SIGHUP).
+    reload_interval_seconds: float = Field(default=2.0, ge=0)
+    auth: AuthSettings = AuthSettings()
     nlp: NlpSettings = NlpSettings()
     detector: DetectorSettings = DetectorSettings()
     timeouts: UpstreamTimeouts = UpstreamTimeouts()

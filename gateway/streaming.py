@@ -75,6 +75,7 @@ async def relay_stream(
     except GatewayError as exc:
         exchange.outcome = "upstream_error"
         exchange.error_code = exc.code
+        exchange.upstream_error = getattr(exc, "reason", "broken_stream")
         await response.write(exc.to_sse())
     finally:
         if restorer is not None:

@@ -58,9 +58,13 @@ class Reply:
                 async with asyncio.timeout(self.idle_timeout):
                     chunk = await content.readany()
             except TimeoutError as exc:
-                raise UpstreamTimeout("The upstream stopped sending in the middle of the answer.") from exc
+                raise UpstreamTimeout(
+                    "The upstream stopped sending in the middle of the answer.", reason="timeout_stream_idle"
+                ) from exc
             except aiohttp.ClientError as exc:
-                raise UpstreamError("The upstream connection broke in the middle of the answer.") from exc
+                raise UpstreamError(
+                    "The upstream connection broke in the middle of the answer.", reason="broken_stream"
+                ) from exc
             if not chunk:
                 return
             yield chunk
@@ -71,7 +75,7 @@ class Reply:
         async for chunk in self.chunks():
             size += len(chunk)
             if size > limit:
-                raise UpstreamError("The upstream answer is larger than the gateway accepts.")
+                raise UpstreamError("The upstream answer is larger than the gateway accepts.", reason="too_large")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -97,6 +101,8 @@ class UpstreamClient:
             lower = name.lower()
             if lower in _NOT_FORWARDED or (self.api_key is not None and lower in _CREDENTIALS):
                 continue
+            if lower == "x-gateway-key" or lower == "x-pii-policy" or _is_gateway_key(lower, value):
+                continue  # the gateway's own credentials and controls never go upstream
             headers.add(name, value)
         if self.api_key is not None:
             headers["Authorization"] = f"Bearer {self.api_key.reveal()}"
@@ -117,8 +123,10 @@ class UpstreamClient:
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_seconds),
                 )
+        except aiohttp.ConnectionTimeoutError as exc:  # a TimeoutError too: catch it first
+            raise UpstreamTimeout("The upstream could not be reached in time.", reason="timeout_connect") from exc
         except TimeoutError as exc:
-            raise UpstreamTimeout("The upstream did not answer in time.") from exc
+            raise UpstreamTimeout("The upstream did not answer in time.", reason="timeout_first_byte") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"The upstream could not be reached ({type(exc).__name__}).") from exc
         try:
@@ -129,6 +137,15 @@ class UpstreamClient:
             if not response.content.at_eof():
                 response.close()
             response.release()
+
+
+def _is_gateway_key(name: str, value: str) -> bool:
+    if name not in _CREDENTIALS:
+        return False
+    token = value.strip()
+    if token[:7].lower() == "bearer ":
+        token = token[7:].strip()
+    return token.startswith("pgw_")
 
 
 def client_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:

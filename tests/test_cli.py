@@ -107,3 +107,85 @@ def test_demo_shows_the_three_views_offline() -> None:
     assert "<PERSON_" in upstream_view
     client_view = out.split("== 3.")[1]
     assert "John Smith" in client_view
+
+
+def test_policy_check_passes_shipped_policies_and_fails_a_broken_example(tmp_path: Path) -> None:
+    from gateway.settings import bundled_policies_dir
+
+    shipped = sorted(str(p) for p in bundled_policies_dir().glob("*.yaml"))
+    ok = run_cli("policy", "check", *shipped)
+    assert ok.returncode == 0, ok.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "name: broken\nentities:\n  PERSON: pseudonymize\n"
+        "examples:\n  - {text: 'Say hi to John Smith.', kept: ['John Smith']}\n"
+    )
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: typo\nentities:\n  PERSON: pseudonymise\n")
+    bad = run_cli("policy", "check", str(broken), str(typo))
+    assert bad.returncode == 1
+    assert "broken.yaml: examples[0]: 'John Smith' would not reach the upstream unchanged" in bad.stderr
+    assert "typo.yaml:3: entities.PERSON.action" in bad.stderr
+
+
+def test_policy_explain_shows_scores_recognizers_and_decisions() -> None:
+    result = run_cli("policy", "explain", "--policy", "default", "Email Maria Gonzalez at maria@example.com")
+    assert result.returncode == 0, result.stderr
+    assert "PERSON" in result.stdout
+    assert "SpacyRecognizer" in result.stdout
+    assert "-> pseudonymize" in result.stdout
+    result_line = result.stdout.split("result: ")[1]
+    assert "<PERSON_1>" in result_line
+    assert "<EMAIL_ADDRESS_1>" in result_line
+    assert "Gonzalez" not in result_line
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    created = run_cli("keys", "create", "--tenant", "sales", "--policy", "strict", *data)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("pgw_")
+    assert key not in (tmp_path / "keys.yaml").read_text()
+    listed = run_cli("keys", "list", *data)
+    key_id = key.split("_")[1]
+    assert key_id in listed.stdout
+    assert "active" in listed.stdout
+    assert key not in listed.stdout
+    assert run_cli("keys", "revoke", key_id, *data).returncode == 0
+    assert "revoked" in run_cli("keys", "list", *data).stdout
+    assert run_cli("keys", "create", "--tenant", "x", "--policy", "nope", *data).returncode == 2
+
+
+async def test_sighup_reloads_policies(upstream_url: str, tmp_path: Path) -> None:
+    from gateway.settings import bundled_policies_dir
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    for p in bundled_policies_dir().glob("*.yaml"):
+        (folder / p.name).write_text(p.read_text())
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--upstream", upstream_url, "--port", str(port),
+         "--data-dir", str(tmp_path / "d"), "--workers", "0", "--policies-dir", str(folder)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PII_GATEWAY_")},
+             "PII_GATEWAY_RELOAD_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_ready(url, proc)
+        (folder / "extra.yaml").write_text("name: extra\nentities:\n  PERSON: redact\n")
+        proc.send_signal(signal.SIGHUP)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                async with session.get(url + "/readyz") as r:
+                    if "extra" in (await r.json())["policies"]:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("SIGHUP did not reload the policies")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0

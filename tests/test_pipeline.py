@@ -14,6 +14,8 @@ import pytest
 
 import gateway.detector
 from gateway.detector import DetectionSpec, Finding, PresidioDetector
+from gateway.keys import KeyRing
+from gateway.settings import Secret
 from tests.fake_upstream import FakeUpstream
 
 PROMPT = (
@@ -369,13 +371,19 @@ async def test_configured_upstream_key_replaces_the_clients(
 ) -> None:
     from gateway.app import create_app
 
-    keyed = settings.model_copy(
-        update={"upstream_api_key": __import__("gateway.settings").settings.Secret("sk-upstream")}
-    )
+    ring, key = KeyRing({}).create(tenant="acme", policy="default")
+    ring.save(settings.resolved_keys_file())
+    keyed = settings.model_copy(update={"upstream_api_key": Secret("sk-upstream")})
     server = await aiohttp_server(create_app(keyed, detector=detector, policies=policy_book))
-    async with openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-client", max_retries=0) as c:
+    async with openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=key, max_retries=0) as c:
         await c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
     assert fake_upstream.headers[-1]["Authorization"] == "Bearer sk-upstream"
+    assert key not in str(fake_upstream.headers[-1])
+    # With an upstream key of its own, the gateway refuses a client that brings only a provider key.
+    async with openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-provider", max_retries=0) as c:
+        with pytest.raises(openai.AuthenticationError):
+            await c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
+    assert len(fake_upstream.requests) == 1
 
 
 async def test_streams_keep_flowing_while_a_large_request_is_analysed(
