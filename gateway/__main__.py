@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import logs
+from .crypto import CryptoError
 from .detector import ModelMissing
 from .settings import Settings, SettingsError, load_settings
 
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="detector processes (env PII_GATEWAY_DETECTOR__WORKERS)",
     )
+    serve.add_argument("--master-key-file", dest="master_key_file", help="master keys, one base64 key per line")
+    serve.add_argument(
+        "--admin-port", dest="admin.port", type=int, help="serve /metrics on this port (env PII_GATEWAY_ADMIN__PORT)"
+    )
     serve.add_argument(
         "--production",
         action="store_const",
@@ -78,17 +83,57 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", choices=["client", "admin"], default="client")
     create.add_argument("--expires", default=None, help="lifetime such as 90d or 12h (default: no expiry)")
     create.add_argument("--description", default="")
+    rotate = key_commands.add_parser("rotate", help="re-wrap every tenant data key under the current master key")
+    _common(rotate)
+    rotate.add_argument("--master-key-file", dest="master_key_file", help="file of master keys, first is current")
+    rotate.add_argument("--generate", action="store_true", help="first add a new master key to the key file")
+    master = key_commands.add_parser("master", help="show master keys and how many data keys each wraps")
+    _common(master)
+    master.add_argument("--master-key-file", dest="master_key_file")
     listing = key_commands.add_parser("list", help="list keys (never their secrets)")
     _common(listing)
     revoke = key_commands.add_parser("revoke", help="revoke a key by id")
     _common(revoke)
     revoke.add_argument("key_id")
+
+    transcripts = commands.add_parser("transcripts", help="read, export, purge and forget transcripts")
+    t_commands = transcripts.add_subparsers(dest="transcripts_command", required=True)
+    for name, text in (("list", "list transcripts (metadata only)"), ("export", "export decrypted transcripts")):
+        cmd = t_commands.add_parser(name, help=text)
+        _common(cmd)
+        cmd.add_argument("--master-key-file", dest="master_key_file")
+        cmd.add_argument("--since", help="24h, 30d, or an ISO time")
+        cmd.add_argument("--until")
+        cmd.add_argument("--tenant")
+        cmd.add_argument("--model")
+        cmd.add_argument("--status", type=int)
+        if name == "list":
+            cmd.add_argument("--limit", type=int, default=100)
+        else:
+            cmd.add_argument("--format", choices=["jsonl"], default="jsonl")
+            cmd.add_argument("--out", help="file to write (default: standard output)")
+            cmd.add_argument("--progress", action="store_true", help="show progress even when not on a terminal")
+    show = t_commands.add_parser("show", help="decrypt and show one transcript")
+    _common(show)
+    show.add_argument("--master-key-file", dest="master_key_file")
+    show.add_argument("transcript_id")
+    purge = t_commands.add_parser("purge", help="delete transcripts older than a duration")
+    _common(purge)
+    purge.add_argument("--master-key-file", dest="master_key_file")
+    purge.add_argument("--older-than", required=True, help="e.g. 30d")
+    forget = t_commands.add_parser("forget", help="crypto-shred a tenant: destroy its data key (and rows)")
+    _common(forget)
+    forget.add_argument("--master-key-file", dest="master_key_file")
+    forget.add_argument("--tenant", required=True)
+    forget.add_argument("--keep-rows", action="store_true", help="destroy the key but leave the (unreadable) rows")
     return parser
 
 
 _COMMAND_ARGS = {
     "command", "config", "policy_command", "keys_command", "files", "schema_only", "policy_name", "json", "text",
-    "tenant", "key_policy", "role", "expires", "description", "key_id",
+    "tenant", "key_policy", "role", "expires", "description", "key_id", "generate", "transcripts_command",
+    "since", "until", "model", "status", "limit", "format", "out", "progress", "transcript_id", "older_than",
+    "keep_rows",
 }  # fmt: skip
 
 
@@ -132,8 +177,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if args.keys_command == "list":
                 return cli_commands.keys_list(settings)
+            if args.keys_command == "rotate":
+                return int(_run(cli_commands.master_rotate(settings, args.generate)))
+            if args.keys_command == "master":
+                return int(_run(cli_commands.master_status(settings)))
             return cli_commands.keys_revoke(settings, args.key_id)
-    except ModelMissing as exc:
+        if args.command == "transcripts":
+            from . import cli_commands
+
+            sub = args.transcripts_command
+            if sub == "list":
+                return int(_run(cli_commands.transcripts_list(settings, args)))
+            if sub == "show":
+                return int(_run(cli_commands.transcripts_show(settings, args.transcript_id)))
+            if sub == "export":
+                return int(_run(cli_commands.transcripts_export(settings, args)))
+            if sub == "purge":
+                return int(_run(cli_commands.transcripts_purge(settings, args.older_than)))
+            return int(_run(cli_commands.transcripts_forget(settings, args.tenant, args.keep_rows)))
+    except (ModelMissing, CryptoError) as exc:
         print(f"pii-gateway: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

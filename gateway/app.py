@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -26,7 +25,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .admin import handle_explain, handle_reload
+from .crypto import load_key_provider
 from .detector import Detector, PresidioDetector
+from .envelope import DataKeys
 from .errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .keys import KeyRing
 from .metrics import Metrics
@@ -35,6 +36,9 @@ from .policy import PolicyBook, load_policy_dir
 from .redaction import Redactor
 from .reloader import KeyHolder, PolicyHolder, Reloader
 from .settings import Settings
+from .spool import Spool
+from .store import open_store
+from .transcripts import TranscriptRecorder
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -49,9 +53,11 @@ class Parts:
     keys: KeyHolder
     detector: Detector
     owns_detector: bool
-    hash_key: bytes
+    hash_key: bytes | None
     metrics: Metrics
     reloader: Reloader
+    data_keys: DataKeys
+    recorder: TranscriptRecorder | None
     gateway: Gateway | None = None
     draining: bool = False
     background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -99,6 +105,21 @@ def create_app(
         default_policy=settings.default_policy,
         metrics=metrics,
     )
+    provider, _dev_key = load_key_provider(
+        settings.master_key.reveal() if settings.master_key else None,
+        settings.master_key_file,
+        settings.data_dir,
+        settings.production,
+    )
+    store = open_store(settings.transcripts.dsn.reveal() if settings.transcripts.dsn else None, settings.data_dir)
+    data_keys = DataKeys(store, provider)
+    recorder = (
+        TranscriptRecorder(
+            store, data_keys, Spool(settings.data_dir / "spool", provider), settings.transcripts, metrics
+        )
+        if settings.transcripts.enabled
+        else None
+    )
     app = web.Application(
         middlewares=[_errors_middleware],
         client_max_size=settings.limits.max_body_bytes,
@@ -110,9 +131,11 @@ def create_app(
         keys=key_holder,
         detector=detector,
         owns_detector=owns,
-        hash_key=hash_key or os.urandom(32),
+        hash_key=hash_key,
         metrics=metrics,
         reloader=reloader,
+        data_keys=data_keys,
+        recorder=recorder,
     )
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/chat/completions", _chat)
@@ -155,14 +178,19 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     if settings.upstream is None:
         raise RuntimeError("create_app needs settings.upstream; serve() fills it with the demo upstream")
     upstream = UpstreamClient(session, settings.upstream, settings.timeouts, settings.upstream_api_key)
+    if parts.recorder is not None:
+        await parts.recorder.start()
+    else:
+        await parts.data_keys.store.open()  # the hash action's keys live in the store too
     parts.gateway = Gateway(
         settings=settings,
         policies=parts.policies,
         keys=parts.keys,
         detector=parts.detector,
-        redactor=Redactor(parts.detector, parts.hash_key),
+        redactor=Redactor(parts.detector, parts.hash_key or parts.data_keys.hash_key),
         upstream=upstream,
         metrics=parts.metrics,
+        recorder=parts.recorder,
     )
     if parts.owns_detector:
         # Load the model in the background so /healthz answers at once; /readyz waits for it.
@@ -175,6 +203,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         for task in list(parts.background):
             task.cancel()
         await asyncio.gather(*parts.background, return_exceptions=True)
+        if parts.recorder is not None:
+            await parts.recorder.close()  # drain the queue; what cannot be written goes to the spool
+        else:
+            await parts.data_keys.store.close()
         if parts.owns_detector:
             await parts.detector.close()
         await session.close()

@@ -15,6 +15,7 @@ The tree::
     ├── MethodNotAllowed              405
     ├── DetectionFailed               503  analysis raised: fail closed, nothing was forwarded
     │   └── DetectionTimeout          503  analysis took too long: fail closed, nothing was forwarded
+    ├── TranscriptsUnavailable        503  fail_closed transcripts and the store cannot take more
     └── UpstreamError                 502  the upstream could not be reached or broke mid-answer
         └── UpstreamTimeout           504
 
@@ -118,6 +119,12 @@ class DetectionFailed(GatewayError):
 
 class DetectionTimeout(DetectionFailed):
     code = "pii_detection_timeout"
+
+
+class TranscriptsUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "transcripts_unavailable"
 
 
 class UpstreamError(GatewayError):

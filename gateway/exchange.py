@@ -12,8 +12,61 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from .placeholders import Redactions
+
+#: Most bytes kept per side of an exchange; beyond it the text is cut and marked truncated.
+MAX_SIDE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class Capture:
+    """What one exchange carried, kept only as far as the policy allows. Filled by the pipeline."""
+
+    keep: str = "redacted"
+    request_client: bytes | None = None
+    request_upstream: bytes | None = None
+    response_upstream: list[bytes] = field(default_factory=list)
+    response_client: list[bytes] = field(default_factory=list)
+    _sizes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def keeps_original(self) -> bool:
+        return self.keep == "original"
+
+    @property
+    def keeps_anything(self) -> bool:
+        return self.keep != "none"
+
+    def add(self, side: str, chunk: bytes) -> None:
+        target: list[bytes] = getattr(self, side)
+        if self._sizes[side] < MAX_SIDE_BYTES:
+            target.append(chunk[: MAX_SIDE_BYTES - self._sizes[side]])
+        self._sizes[side] += len(chunk)
+
+    def content(self) -> dict[str, Any] | None:
+        if not self.keeps_anything:
+            return None
+
+        def text(data: bytes | list[bytes] | None, side: str) -> dict[str, Any] | None:
+            if data is None:
+                return None
+            raw = b"".join(data) if isinstance(data, list) else data
+            return {
+                "text": raw.decode("utf-8", "replace"),
+                "bytes": self._sizes[side] or len(raw),
+                "truncated": self._sizes[side] > MAX_SIDE_BYTES,
+            }
+
+        out = {
+            "request_upstream": text(self.request_upstream, "request_upstream"),
+            "response_upstream": text(self.response_upstream, "response_upstream"),
+        }
+        if self.keeps_original:
+            out["request_client"] = text(self.request_client, "request_client")
+            out["response_client"] = text(self.response_client, "response_client")
+        return out
 
 
 def new_request_id() -> str:
@@ -51,6 +104,8 @@ class Exchange:
     duration_seconds: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    #: The exchange's content, as far as the policy lets the transcript keep it.
+    capture: Capture = field(default_factory=Capture)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -32,6 +32,7 @@ from .errors import (
     InvalidJSON,
     PayloadTooLarge,
     PolicyBlocked,
+    TranscriptsUnavailable,
     UpstreamError,
 )
 from .exchange import Exchange
@@ -43,6 +44,7 @@ from .redaction import Redactor
 from .reloader import KeyHolder, PolicyHolder
 from .settings import Settings
 from .streaming import relay_stream
+from .transcripts import TranscriptRecorder
 from .upstream import Reply, UpstreamClient, client_headers
 
 log = logging.getLogger("gateway.access")
@@ -61,6 +63,7 @@ class Gateway:
     redactor: Redactor
     upstream: UpstreamClient
     metrics: Metrics
+    recorder: TranscriptRecorder | None = None
 
     @property
     def keys_required(self) -> bool:
@@ -102,18 +105,26 @@ async def handle_chat_completions(request: web.Request, gateway: Gateway) -> web
             in_flight.dec()
             exchange.finish(500)
             gateway.metrics.observe(exchange)
+            if gateway.recorder is not None:
+                gateway.recorder.record(exchange)
             _log_exchange(exchange)
 
 
 async def _chat_completions(request: web.Request, gateway: Gateway, exchange: Exchange) -> web.StreamResponse:
     principal = gateway.authenticate(request)
     exchange.tenant = principal.tenant
-    body = await read_json(request, gateway.settings.limits.max_body_bytes)
+    if gateway.recorder is not None and not gateway.recorder.accepting:
+        raise TranscriptsUnavailable("The transcript store is unavailable; requests are refused until it recovers.")
+    raw, body = await read_json(request, gateway.settings.limits.max_body_bytes)
     exchange.model = body["model"] if isinstance(body.get("model"), str) else None
     exchange.stream = body.get("stream") is True
 
     policy = gateway.select_policy(request, principal, exchange.model, exchange.route)
     exchange.policy = policy.name
+    capture = exchange.capture
+    capture.keep = policy.transcript
+    if capture.keeps_original:
+        capture.request_client = raw
     slots, exchange.unscanned_parts = chat.collect_slots(body, policy)
 
     started = exchange.elapsed()
@@ -133,6 +144,8 @@ async def _chat_completions(request: web.Request, gateway: Gateway, exchange: Ex
 
     table = redactions.restorable if policy.restore_answers else {}
     outbound = orjson.dumps(body)
+    if capture.keeps_anything:
+        capture.request_upstream = outbound
     exchange.forwarded_seconds = exchange.elapsed()
     async with gateway.upstream.send("/chat/completions", request.query_string, outbound, request.headers) as reply:
         exchange.upstream_first_byte_seconds = exchange.elapsed()
@@ -141,8 +154,8 @@ async def _chat_completions(request: web.Request, gateway: Gateway, exchange: Ex
         return await relay_whole(reply, exchange, table)
 
 
-async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object; refuses an oversized body before reading it whole."""
+async def read_json(request: web.Request, limit: int) -> tuple[bytes, dict[str, Any]]:
+    """The raw body and its JSON object; refuses an oversized body before reading it whole."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit}.")
@@ -156,21 +169,24 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
         if size > limit:
             raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
         parts.append(chunk)
+    raw = b"".join(parts)
     try:
-        body = orjson.loads(b"".join(parts))
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidJSON(
             f"The request body is not valid JSON (line {exc.lineno}, column {exc.colno}).", param=None
         ) from None
     if not isinstance(body, dict):
         raise InvalidJSON("The request body must be a JSON object.")
-    return body
+    return raw, body
 
 
 async def relay_whole(reply: Reply, exchange: Exchange, table: Mapping[str, str]) -> web.Response:
     """A non-streamed answer, or any upstream error: read, restore, send."""
     raw = await reply.read(MAX_UPSTREAM_BODY)
     exchange.first_token_seconds = exchange.elapsed()
+    if exchange.capture.keeps_anything:
+        exchange.capture.add("response_upstream", raw)
     body = raw
     is_json = reply.headers.get("Content-Type", "").startswith("application/json")
     if table and raw:
@@ -182,6 +198,8 @@ async def relay_whole(reply: Reply, exchange: Exchange, table: Mapping[str, str]
         exchange.outcome = "upstream_error"
         exchange.upstream_error = f"status_{reply.status // 100}xx"
     exchange.finish(reply.status)
+    if exchange.capture.keeps_original:
+        exchange.capture.add("response_client", body)
     headers = client_headers(reply.headers)
     headers["X-Request-Id"] = exchange.request_id
     return web.Response(status=reply.status, body=body, headers=headers)
@@ -222,7 +240,7 @@ def _int(value: object) -> int | None:
 
 def error_response(exc: GatewayError, exchange: Exchange | None = None) -> web.Response:
     headers = {"X-Request-Id": exchange.request_id} if exchange is not None else {}
-    if isinstance(exc, UpstreamError | DetectionFailed):
+    if isinstance(exc, UpstreamError | DetectionFailed | TranscriptsUnavailable):
         headers["Retry-After"] = "1"
     return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json", headers=headers)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,9 +71,15 @@ _SEPARATORS = frozenset(" -./@_:()+")
 class Redactor:
     """Applies a policy to a request's slots. One instance per app; holds no per-request state."""
 
-    def __init__(self, detector: Detector, hash_key: bytes) -> None:
+    def __init__(self, detector: Detector, hash_keys: bytes | Callable[[str], Awaitable[bytes]]) -> None:
+        """``hash_keys`` gives the ``hash`` action's key per tenant (or is one fixed key, for tools)."""
         self.detector = detector
-        self._hash_key = hash_key
+        self._hash_keys = hash_keys
+
+    async def _hash_key(self, tenant: str) -> bytes:
+        if isinstance(self._hash_keys, bytes):
+            return self._hash_keys
+        return await self._hash_keys(tenant)
 
     async def redact(self, slots: Sequence[Slot], policy: Policy, tenant: str = "default") -> Redactions:
         """Rewrite ``slots`` in place and return the request's placeholder table.
@@ -95,9 +101,11 @@ class Redactor:
         if policy.propagate:
             spans = _propagate(scanned, spans)
 
+        needs_hash = any(sp.action is Action.HASH for per_slot in spans for sp in per_slot)
+        hash_key = await self._hash_key(tenant) if needs_hash else b""
         for slot, per_slot in zip(scanned, spans, strict=True):
             if per_slot:
-                slot.write(self._rewrite(slot, per_slot, policy, redactions, tenant))
+                slot.write(self._rewrite(slot, per_slot, policy, redactions, hash_key))
         return redactions
 
     def _resolve(self, slot: Slot, findings: list[Finding], policy: Policy) -> list[Span]:
@@ -108,7 +116,7 @@ class Redactor:
                 kept.append(Span(start, end, f.entity_type, policy.entities[f.entity_type].action, f.score))
         return _merge(kept)
 
-    def _rewrite(self, slot: Slot, spans: list[Span], policy: Policy, redactions: Redactions, tenant: str) -> str:
+    def _rewrite(self, slot: Slot, spans: list[Span], policy: Policy, redactions: Redactions, hash_key: bytes) -> str:
         text = slot.text
         parts: list[str] = []
         cursor = 0
@@ -125,7 +133,7 @@ class Redactor:
                     masked = mask(value, policy.entities[span.entity_type].mask)
                     out = json_escaped(masked) if slot.kind == "json" else masked
                 case Action.HASH:
-                    out = self.hash_token(span.entity_type, value, tenant)
+                    out = hash_token(hash_key, span.entity_type, value)
                 case Action.ALLOW:
                     out = raw
                 case Action.BLOCK:  # handled before rewriting; kept for exhaustiveness
@@ -136,10 +144,11 @@ class Redactor:
         parts.append(text[cursor:])
         return "".join(parts)
 
-    def hash_token(self, entity_type: str, value: str, tenant: str) -> str:
-        """A keyed HMAC token: stable for the same value and tenant, unlinkable across tenants."""
-        digest = hmac.new(self._hash_key, f"{tenant}\x00{value}".encode(), hashlib.sha256).hexdigest()
-        return f"<{entity_type}:{digest[:12]}>"
+
+def hash_token(key: bytes, entity_type: str, value: str) -> str:
+    """A keyed HMAC token: stable for the same value under the tenant's key, unlinkable across tenants."""
+    digest = hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return f"<{entity_type}:{digest[:12]}>"
 
 
 def skip_reason(finding: Finding, value: str, policy: Policy) -> str | None:

@@ -49,6 +49,23 @@ class _EventRestorer:
         return b"".join(encode_event(orjson.dumps(c)) for c in self.chunks.finish())
 
 
+def _note_usage(events: list[SSEEvent], exchange: Exchange) -> None:
+    """Token usage from the event that carries it (``stream_options.include_usage``); parses only that one."""
+    for event in events:
+        data = event.data
+        if data is None or (b'"usage":{' not in data and b'"usage": {' not in data):
+            continue
+        try:
+            usage = orjson.loads(data).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(usage, dict):
+            if isinstance(usage.get("prompt_tokens"), int):
+                exchange.input_tokens = usage["prompt_tokens"]
+            if isinstance(usage.get("completion_tokens"), int):
+                exchange.output_tokens = usage["completion_tokens"]
+
+
 async def relay_stream(
     request: web.Request, reply: Reply, exchange: Exchange, table: Mapping[str, str]
 ) -> web.StreamResponse:
@@ -58,24 +75,34 @@ async def relay_stream(
     exchange.status = reply.status
     restorer = _EventRestorer(table) if table else None
     decoder = SSEDecoder()
+    capture = exchange.capture
     try:
         async for chunk in reply.chunks():
-            if restorer is None:
-                out = chunk
-            else:
-                out = b"".join(restorer.event(e) for e in decoder.feed(chunk))
+            if capture.keeps_anything:
+                capture.add("response_upstream", chunk)
+            events = decoder.feed(chunk)
+            _note_usage(events, exchange)
+            out = chunk if restorer is None else b"".join(restorer.event(e) for e in events)
             if out:
                 if exchange.first_token_seconds is None:
                     exchange.first_token_seconds = exchange.elapsed()
+                if capture.keeps_original:
+                    capture.add("response_client", out)
                 await response.write(out)
+        last = decoder.flush()
+        _note_usage(last, exchange)
         if restorer is not None:
-            tail = b"".join(restorer.event(e) for e in decoder.flush()) + restorer.leftovers()
+            tail = b"".join(restorer.event(e) for e in last) + restorer.leftovers()
             if tail:
+                if capture.keeps_original:
+                    capture.add("response_client", tail)
                 await response.write(tail)
     except GatewayError as exc:
         exchange.outcome = "upstream_error"
         exchange.error_code = exc.code
         exchange.upstream_error = getattr(exc, "reason", "broken_stream")
+        if capture.keeps_original:
+            capture.add("response_client", exc.to_sse())
         await response.write(exc.to_sse())
     finally:
         if restorer is not None:

@@ -1,0 +1,95 @@
+"""Per-tenant data keys: get or create (once, even across replicas), cache, re-wrap, destroy.
+
+Each tenant has one 256-bit data key, stored only wrapped by a master key. Transcripts are sealed
+with it; the ``hash`` action's HMAC key is derived from it, so forgetting a tenant makes both its
+transcripts and its hash tokens unlinkable for good (crypto-shredding).
+
+Rotation re-wraps every data key under the current master key without touching transcripts. Old
+master keys stay usable for reading until an operator retires them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+
+from .crypto import CryptoError, KeyProvider, data_key_aad, hkdf
+from .store import DataKeyRow, TranscriptStore
+
+
+class TenantKeyDestroyed(CryptoError):
+    """The tenant's data key was destroyed (``transcripts forget``): its records are unreadable."""
+
+
+class DataKeys:
+    def __init__(self, store: TranscriptStore, provider: KeyProvider) -> None:
+        self.store = store
+        self.provider = provider
+        self._cache: dict[str, tuple[str, bytes]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def current(self, tenant: str) -> tuple[str, bytes]:
+        """(key id, key) for sealing new records; creates the tenant's key on first use."""
+        cached = self._cache.get(tenant)
+        if cached is not None:
+            return cached
+        lock = self._locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(tenant)
+            if cached is not None:
+                return cached
+            row = await self.store.get_data_key(tenant)
+            if row is None:
+                key_id = "dk-" + secrets.token_hex(8)
+                master_id, wrapped = self.provider.wrap(os.urandom(32), data_key_aad(tenant, key_id))
+                # If another replica inserted first, the store returns its key and ours is dropped.
+                row = await self.store.insert_data_key(DataKeyRow(tenant, key_id, wrapped, master_id, time.time()))
+            key = self.provider.unwrap(row.master_key_id, row.wrapped, data_key_aad(tenant, row.key_id))
+            self._cache[tenant] = (row.key_id, key)
+            return row.key_id, key
+
+    async def for_record(self, tenant: str, key_id: str) -> bytes:
+        """The key that sealed a record; raises TenantKeyDestroyed if it is gone."""
+        cached = self._cache.get(tenant)
+        if cached is not None and cached[0] == key_id:
+            return cached[1]
+        row = await self.store.get_data_key(tenant)
+        if row is None or row.key_id != key_id:
+            raise TenantKeyDestroyed(f"the data key {key_id} of this tenant was destroyed; the record is unreadable")
+        key = self.provider.unwrap(row.master_key_id, row.wrapped, data_key_aad(tenant, row.key_id))
+        self._cache[tenant] = (row.key_id, key)
+        return key
+
+    async def hash_key(self, tenant: str) -> bytes:
+        _, key = await self.current(tenant)
+        return hkdf(key, b"pii-gateway/hash-action/v1")
+
+    async def destroy(self, tenant: str) -> bool:
+        self._cache.pop(tenant, None)
+        return await self.store.destroy_data_key(tenant)
+
+    async def rewrap_all(self) -> tuple[int, int]:
+        """Re-wrap every data key under the current master key. Returns (re-wrapped, already current)."""
+        done = already = 0
+        target = self.provider.current_id
+        for row in await self.store.data_keys():
+            if row.master_key_id == target:
+                already += 1
+                continue
+            aad = data_key_aad(row.tenant, row.key_id)
+            key = self.provider.unwrap(row.master_key_id, row.wrapped, aad)
+            master_id, wrapped = self.provider.wrap(key, aad)
+            new = DataKeyRow(row.tenant, row.key_id, wrapped, master_id, row.created)
+            if await self.store.rewrap_data_key(new, row.master_key_id):
+                done += 1
+            else:
+                already += 1  # another replica re-wrapped it first
+        return done, already
+
+    async def wrapped_by(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in await self.store.data_keys():
+            counts[row.master_key_id] = counts.get(row.master_key_id, 0) + 1
+        return counts
