@@ -93,7 +93,11 @@ def create_app(
             cache_entries=settings.detector.cache_entries,
         )
     metrics = Metrics(
-        registry, provider=_provider(settings), models=settings.metrics.models, tenants=settings.metrics.tenants
+        registry,
+        provider=_provider(settings),
+        models=settings.metrics.models,
+        tenants=settings.metrics.tenants,
+        enabled=settings.metrics.enabled,
     )
     policy_holder = PolicyHolder(book)
     key_holder = KeyHolder(KeyRing.load(settings.resolved_keys_file()))

@@ -47,7 +47,9 @@ class Metrics:
         provider: str = "openai",
         models: Iterable[str] = (),
         tenants: Iterable[str] = (),
+        enabled: bool = True,
     ) -> None:
+        self.enabled = enabled
         self.registry = registry or CollectorRegistry()
         self.provider = provider
         self.models = frozenset(models)
@@ -169,6 +171,8 @@ class Metrics:
 
     def observe(self, exchange: Exchange) -> None:
         """Record a finished exchange. Reads the Exchange only; never sees bytes or values."""
+        if not self.enabled:
+            return
         route = exchange.route
         model = self.model_label(exchange.model)
         policy = exchange.policy or "none"
