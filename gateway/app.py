@@ -25,13 +25,18 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .admin import handle_explain, handle_reload
+from .api import WireApi
+from .api.anthropic import MESSAGES
+from .api.chat import CHAT, COMPLETIONS
+from .api.embeddings import EMBEDDINGS
+from .api.responses import RESPONSES
 from .crypto import load_key_provider
 from .detector import Detector, PresidioDetector
 from .envelope import DataKeys
 from .errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .keys import KeyRing
 from .metrics import Metrics
-from .pipeline import Gateway, error_response, handle_chat_completions
+from .pipeline import Gateway, error_response, handle, handle_models
 from .policy import PolicyBook, load_policy_dir
 from .redaction import Redactor
 from .reloader import KeyHolder, PolicyHolder, Reloader
@@ -39,7 +44,7 @@ from .settings import Settings
 from .spool import Spool
 from .store import open_store
 from .transcripts import TranscriptRecorder
-from .upstream import UpstreamClient
+from .upstream import Router, UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,26 @@ class Parts:
 
 
 PARTS = web.AppKey("parts", Parts)
+
+#: Every API the gateway scans, by path. Anything else is refused with 404.
+ROUTES: dict[str, WireApi] = {
+    "/v1/chat/completions": CHAT,
+    "/chat/completions": CHAT,
+    "/v1/completions": COMPLETIONS,
+    "/v1/embeddings": EMBEDDINGS,
+    "/v1/responses": RESPONSES,
+    "/v1/messages": MESSAGES,
+    "/anthropic/v1/messages": MESSAGES,
+    "/openai/v1/chat/completions": CHAT,
+    "/openai/v1/completions": COMPLETIONS,
+    "/openai/v1/embeddings": EMBEDDINGS,
+    "/openai/v1/responses": RESPONSES,
+}
+AZURE_ROUTES: dict[str, WireApi] = {
+    "/openai/deployments/{deployment}/chat/completions": CHAT,
+    "/openai/deployments/{deployment}/completions": COMPLETIONS,
+    "/openai/deployments/{deployment}/embeddings": EMBEDDINGS,
+}
 
 
 def create_app(
@@ -142,8 +167,12 @@ def create_app(
         recorder=recorder,
     )
     app.cleanup_ctx.append(_resources)
-    app.router.add_post("/v1/chat/completions", _chat)
-    app.router.add_post("/chat/completions", _chat)
+    for path, api in ROUTES.items():
+        app.router.add_post(path, _api_handler(api))
+    for path, api in AZURE_ROUTES.items():
+        app.router.add_post(path, _azure_handler(api))
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/openai/v1/models", _models)
     app.router.add_post("/v1/gateway/explain", _explain)
     app.router.add_post("/v1/gateway/reload", _reload)
     app.router.add_get("/healthz", _healthz)
@@ -179,9 +208,25 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = parts.settings
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
-    if settings.upstream is None:
-        raise RuntimeError("create_app needs settings.upstream; serve() fills it with the demo upstream")
-    upstream = UpstreamClient(session, settings.upstream, settings.timeouts, settings.upstream_api_key)
+    upstreams = settings.resolved_upstreams()
+    if not upstreams:
+        raise RuntimeError("create_app needs settings.upstream(s); serve() fills it with the demo upstream")
+    router = Router(
+        [
+            UpstreamClient(
+                session,
+                u.url,
+                u.timeouts or settings.timeouts,
+                u.api_key,
+                name=u.name,
+                kind=u.kind,
+                models=u.models,
+                routes=u.routes,
+                azure_api_version=u.azure_api_version,
+            )
+            for u in upstreams
+        ]
+    )
     if parts.recorder is not None:
         await parts.recorder.start()
     else:
@@ -192,7 +237,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         keys=parts.keys,
         detector=parts.detector,
         redactor=Redactor(parts.detector, parts.hash_key or parts.data_keys.hash_key),
-        upstream=upstream,
+        router=router,
         metrics=parts.metrics,
         recorder=parts.recorder,
     )
@@ -231,8 +276,24 @@ def _gateway(request: web.Request) -> Gateway:
     return gateway
 
 
-async def _chat(request: web.Request) -> web.StreamResponse:
-    return await handle_chat_completions(request, _gateway(request))
+def _api_handler(api: WireApi) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await handle(request, _gateway(request), api)
+
+    return handler
+
+
+def _azure_handler(api: WireApi) -> Handler:
+    """Azure OpenAI paths: the deployment in the path is the model."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await handle(request, _gateway(request), api, model_from_path=request.match_info.get("deployment"))
+
+    return handler
+
+
+async def _models(request: web.Request) -> web.StreamResponse:
+    return await handle_models(request, _gateway(request))
 
 
 async def _explain(request: web.Request) -> web.StreamResponse:

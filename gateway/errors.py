@@ -40,14 +40,24 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
 
-    def body(self) -> dict[str, Any]:
+    #: Anthropic's error type for the same failure.
+    anthropic_type: ClassVar[str] = "api_error"
+
+    def body(self, style: str = "openai") -> dict[str, Any]:
+        if style == "anthropic":
+            return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.body())
+    def to_json(self, style: str = "openai") -> bytes:
+        return orjson.dumps(self.body(style))
 
-    def to_sse(self) -> bytes:
-        """The error as one SSE event, for a stream whose headers were already sent."""
+    def to_sse(self, style: str = "openai", route: str = "chat.completions") -> bytes:
+        """The error as one SSE event, for a stream whose headers were already sent, in the caller's shape."""
+        if style == "anthropic":
+            return b"event: error\ndata: " + self.to_json(style) + b"\n\n"
+        if route == "responses":
+            event = {"type": "error", "code": self.code, "message": self.message, "param": self.param}
+            return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
         return b"data: " + self.to_json() + b"\n\n"
 
 
@@ -55,6 +65,7 @@ class BadRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+    anthropic_type = "invalid_request_error"
 
 
 class InvalidJSON(BadRequest):
@@ -78,6 +89,7 @@ class Unauthorized(GatewayError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+    anthropic_type = "authentication_error"
 
     def __init__(self, message: str = "Missing or invalid gateway API key.") -> None:
         super().__init__(message)
@@ -87,6 +99,7 @@ class Forbidden(GatewayError):
     status = 403
     type = "permission_error"
     code = "forbidden"
+    anthropic_type = "permission_error"
 
 
 class WeakerPolicy(Forbidden):
@@ -97,24 +110,28 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
+    anthropic_type = "request_too_large"
 
 
 class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "unknown_url"
+    anthropic_type = "not_found_error"
 
 
 class MethodNotAllowed(GatewayError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+    anthropic_type = "invalid_request_error"
 
 
 class DetectionFailed(GatewayError):
     status = 503
     type = "server_error"
     code = "pii_detection_failed"
+    anthropic_type = "api_error"
 
 
 class DetectionTimeout(DetectionFailed):
@@ -125,12 +142,14 @@ class TranscriptsUnavailable(GatewayError):
     status = 503
     type = "server_error"
     code = "transcripts_unavailable"
+    anthropic_type = "overloaded_error"
 
 
 class UpstreamError(GatewayError):
     status = 502
     type = "server_error"
     code = "upstream_error"
+    anthropic_type = "api_error"
 
     def __init__(self, message: str, *, reason: str = "unreachable") -> None:
         super().__init__(message)

@@ -23,13 +23,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .api import chat
+from .api import WireApi
 from .auth import Principal, authenticate
 from .detector import Detector
 from .errors import (
     DetectionFailed,
     GatewayError,
     InvalidJSON,
+    NotFound,
     PayloadTooLarge,
     PolicyBlocked,
     TranscriptsUnavailable,
@@ -45,7 +46,7 @@ from .reloader import KeyHolder, PolicyHolder
 from .settings import Settings
 from .streaming import relay_stream
 from .transcripts import TranscriptRecorder
-from .upstream import Reply, UpstreamClient, client_headers
+from .upstream import Reply, Router, client_headers
 
 log = logging.getLogger("gateway.access")
 
@@ -61,13 +62,13 @@ class Gateway:
     keys: KeyHolder
     detector: Detector
     redactor: Redactor
-    upstream: UpstreamClient
+    router: Router
     metrics: Metrics
     recorder: TranscriptRecorder | None = None
 
     @property
     def keys_required(self) -> bool:
-        return self.settings.upstream_api_key is not None or self.settings.auth.require_keys
+        return self.settings.holds_upstream_keys or self.settings.auth.require_keys
 
     def authenticate(self, request: web.Request) -> Principal:
         return authenticate(request.headers, self.keys.ring, keys_required=self.keys_required)
@@ -82,13 +83,16 @@ class Gateway:
         )
 
 
-async def handle_chat_completions(request: web.Request, gateway: Gateway) -> web.StreamResponse:
-    exchange = Exchange(route="chat.completions")
+async def handle(
+    request: web.Request, gateway: Gateway, api: WireApi, model_from_path: str | None = None
+) -> web.StreamResponse:
+    """One request of any API, from the first byte read to the transcript queued."""
+    exchange = Exchange(route=api.route)
     in_flight = gateway.metrics.in_flight.labels(exchange.route)
     in_flight.inc()
     with request_context(exchange.request_id):
         try:
-            return await _chat_completions(request, gateway, exchange)
+            return await _handle(request, gateway, exchange, api, model_from_path)
         except GatewayError as exc:
             exchange.error_code = exc.code
             if isinstance(exc, UpstreamError):
@@ -96,7 +100,7 @@ async def handle_chat_completions(request: web.Request, gateway: Gateway) -> web
             if exchange.outcome == "ok":
                 exchange.outcome = "client_error" if exc.status < 500 else "upstream_error"
             exchange.finish(exc.status)
-            return error_response(exc, exchange)
+            return error_response(exc, exchange, api.error_style)
         except (asyncio.CancelledError, ConnectionResetError):
             exchange.outcome = "client_disconnected"
             exchange.finish(499)
@@ -110,14 +114,19 @@ async def handle_chat_completions(request: web.Request, gateway: Gateway) -> web
             _log_exchange(exchange)
 
 
-async def _chat_completions(request: web.Request, gateway: Gateway, exchange: Exchange) -> web.StreamResponse:
+async def _handle(
+    request: web.Request, gateway: Gateway, exchange: Exchange, api: WireApi, model_from_path: str | None
+) -> web.StreamResponse:
     principal = gateway.authenticate(request)
     exchange.tenant = principal.tenant
     if gateway.recorder is not None and not gateway.recorder.accepting:
         raise TranscriptsUnavailable("The transcript store is unavailable; requests are refused until it recovers.")
     raw, body = await read_json(request, gateway.settings.limits.max_body_bytes)
-    exchange.model = body["model"] if isinstance(body.get("model"), str) else None
+    exchange.model = model_from_path or (body["model"] if isinstance(body.get("model"), str) else None)
     exchange.stream = body.get("stream") is True
+    upstream = gateway.router.select(api.route, exchange.model)
+    if upstream is None:
+        raise NotFound("No upstream is configured for this model and API.", param="model")
 
     policy = gateway.select_policy(request, principal, exchange.model, exchange.route)
     exchange.policy = policy.name
@@ -125,7 +134,7 @@ async def _chat_completions(request: web.Request, gateway: Gateway, exchange: Ex
     capture.keep = policy.transcript
     if capture.keeps_original:
         capture.request_client = raw
-    slots, exchange.unscanned_parts = chat.collect_slots(body, policy)
+    slots, exchange.unscanned_parts = api.collect_slots(body, policy)
 
     started = exchange.elapsed()
     try:
@@ -142,16 +151,39 @@ async def _chat_completions(request: web.Request, gateway: Gateway, exchange: Ex
     exchange.redactions = redactions
     exchange.entity_counts = redactions.counts
 
-    table = redactions.restorable if policy.restore_answers else {}
+    table = redactions.restorable if policy.restore_answers and api.restores else {}
     outbound = orjson.dumps(body)
     if capture.keeps_anything:
         capture.request_upstream = outbound
     exchange.forwarded_seconds = exchange.elapsed()
-    async with gateway.upstream.send("/chat/completions", request.query_string, outbound, request.headers) as reply:
+    path, query = upstream.target(api.upstream_path, request.path, request.query_string, exchange.model)
+    async with upstream.send(path, query, outbound, request.headers) as reply:
         exchange.upstream_first_byte_seconds = exchange.elapsed()
         if reply.status < 400 and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
-            return await relay_stream(request, reply, exchange, table)
-        return await relay_whole(reply, exchange, table)
+            return await relay_stream(request, reply, exchange, table, api)
+        return await relay_whole(reply, exchange, table, api)
+
+
+async def handle_models(request: web.Request, gateway: Gateway) -> web.StreamResponse:
+    """``GET /v1/models``: passed through to the upstream that serves the ``models`` route."""
+    exchange = Exchange(route="models")
+    with request_context(exchange.request_id):
+        try:
+            principal = gateway.authenticate(request)
+            exchange.tenant = principal.tenant
+            upstream = gateway.router.select("models", None)
+            if upstream is None:
+                raise NotFound("No upstream serves the models list.")
+            path, query = upstream.target("/models", request.path, request.query_string, None)
+            async with upstream.send(path, query, None, request.headers, method="GET") as reply:
+                return await relay_whole(reply, exchange, {}, None)
+        except GatewayError as exc:
+            exchange.error_code = exc.code
+            exchange.finish(exc.status)
+            return error_response(exc, exchange)
+        finally:
+            exchange.finish(500)
+            gateway.metrics.observe(exchange)
 
 
 async def read_json(request: web.Request, limit: int) -> tuple[bytes, dict[str, Any]]:
@@ -181,7 +213,7 @@ async def read_json(request: web.Request, limit: int) -> tuple[bytes, dict[str, 
     return raw, body
 
 
-async def relay_whole(reply: Reply, exchange: Exchange, table: Mapping[str, str]) -> web.Response:
+async def relay_whole(reply: Reply, exchange: Exchange, table: Mapping[str, str], api: WireApi | None) -> web.Response:
     """A non-streamed answer, or any upstream error: read, restore, send."""
     raw = await reply.read(MAX_UPSTREAM_BODY)
     exchange.first_token_seconds = exchange.elapsed()
@@ -189,11 +221,10 @@ async def relay_whole(reply: Reply, exchange: Exchange, table: Mapping[str, str]
         exchange.capture.add("response_upstream", raw)
     body = raw
     is_json = reply.headers.get("Content-Type", "").startswith("application/json")
-    if table and raw:
-        if reply.status < 400 and is_json:
-            body = _restore_json_answer(raw, exchange, table)
-        else:
-            body = _restore_text(raw, table, json_escape=is_json, exchange=exchange)
+    if api is not None and reply.status < 400 and is_json:
+        body = _restore_json_answer(raw, exchange, table, api)
+    elif table and raw:
+        body = _restore_text(raw, table, json_escape=is_json, exchange=exchange)
     if reply.status >= 400:
         exchange.outcome = "upstream_error"
         exchange.upstream_error = f"status_{reply.status // 100}xx"
@@ -205,20 +236,20 @@ async def relay_whole(reply: Reply, exchange: Exchange, table: Mapping[str, str]
     return web.Response(status=reply.status, body=body, headers=headers)
 
 
-def _restore_json_answer(raw: bytes, exchange: Exchange, table: Mapping[str, str]) -> bytes:
+def _restore_json_answer(raw: bytes, exchange: Exchange, table: Mapping[str, str], api: WireApi) -> bytes:
+    """Usage is read from every answer; the body is re-serialised only when there is something to restore."""
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return _restore_text(raw, table, json_escape=True, exchange=exchange)
+        return _restore_text(raw, table, json_escape=True, exchange=exchange) if table else raw
     if not isinstance(answer, dict):
         return raw
-    restored, unresolved = chat.restore_completion(answer, table)
+    exchange.input_tokens, exchange.output_tokens = api.usage(answer)
+    if not table:
+        return raw
+    restored, unresolved = api.restore_body(answer, table)
     exchange.placeholders_restored += restored
     exchange.placeholders_unresolved += unresolved
-    usage = answer.get("usage")
-    if isinstance(usage, dict):
-        exchange.input_tokens = _int(usage.get("prompt_tokens"))
-        exchange.output_tokens = _int(usage.get("completion_tokens"))
     return orjson.dumps(answer)
 
 
@@ -234,15 +265,11 @@ def _restore_text(raw: bytes, table: Mapping[str, str], *, json_escape: bool, ex
     return out.encode("utf-8")
 
 
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) else None
-
-
-def error_response(exc: GatewayError, exchange: Exchange | None = None) -> web.Response:
+def error_response(exc: GatewayError, exchange: Exchange | None = None, style: str = "openai") -> web.Response:
     headers = {"X-Request-Id": exchange.request_id} if exchange is not None else {}
     if isinstance(exc, UpstreamError | DetectionFailed | TranscriptsUnavailable):
         headers["Retry-After"] = "1"
-    return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json", headers=headers)
+    return web.Response(status=exc.status, body=exc.to_json(style), content_type="application/json", headers=headers)
 
 
 def _log_exchange(exchange: Exchange) -> None:

@@ -79,6 +79,39 @@ class UpstreamTimeouts(_Model):
     stream_idle_seconds: float = Field(default=120.0, gt=0)
 
 
+class UpstreamSettings(_Model):
+    """One provider. Requests go to the first upstream whose ``models`` match and ``routes`` allow."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    #: OpenAI-style base (``https://api.openai.com/v1``, ``http://vllm:8000/v1``), Anthropic's
+    #: (``https://api.anthropic.com/v1``) or an Azure resource (``https://x.openai.azure.com``).
+    url: str
+    kind: Literal["openai", "azure", "anthropic"] = "openai"
+    api_key: Secret | None = None
+    #: Model name globs served by this upstream. Empty: any model (a catch-all; put it last).
+    models: list[str] = []
+    #: Routes allowed here (``chat.completions``, ``responses``, ``embeddings``, ``completions``,
+    #: ``anthropic.messages``, ``models``). Empty: all.
+    routes: list[str] = []
+    azure_api_version: str = "2024-10-21"
+    timeouts: UpstreamTimeouts | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// base URL")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("must not carry credentials, a query or a fragment")
+        return value.rstrip("/")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _wrap_secret(cls, value: object) -> object:
+        return Secret(value) if isinstance(value, str) and value else (None if value == "" else value)
+
+
 class LimitSettings(_Model):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 
@@ -151,6 +184,8 @@ class Settings(_Model):
     upstream: str | None = None
     #: When set, the gateway sends this key upstream instead of the client's ``Authorization``.
     upstream_api_key: Secret | None = None
+    #: Several upstreams, routed by model and route. Without it, ``upstream`` serves everything.
+    upstreams: list[UpstreamSettings] = []
     data_dir: Path = Path("./data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     production: bool = False
@@ -203,6 +238,26 @@ class Settings(_Model):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    def resolved_upstreams(self) -> list[UpstreamSettings]:
+        """The configured upstreams, or the single ``upstream`` as a catch-all of the kind its host says."""
+        if self.upstreams:
+            return list(self.upstreams)
+        if self.upstream is None:
+            return []
+        host = (urlsplit(self.upstream).hostname or "").lower()
+        kind: Literal["openai", "azure", "anthropic"] = (
+            "azure"
+            if host.endswith(".openai.azure.com")
+            else "anthropic"
+            if host.endswith("anthropic.com")
+            else "openai"
+        )
+        return [UpstreamSettings(name="default", url=self.upstream, kind=kind, api_key=self.upstream_api_key)]
+
+    @property
+    def holds_upstream_keys(self) -> bool:
+        return any(u.api_key is not None for u in self.resolved_upstreams())
 
     def resolved_keys_file(self) -> Path:
         return self.keys_file if self.keys_file is not None else self.data_dir / "keys.yaml"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
-from .api.chat import ChatStreamRestorer
+from .api import EventTransformer, WireApi
 from .errors import GatewayError
 from .exchange import Exchange
 from .sse import SSEDecoder, SSEEvent, encode_event
@@ -26,8 +26,8 @@ from .upstream import Reply, client_headers
 class _EventRestorer:
     """Turns one upstream SSE event into the bytes the client gets."""
 
-    def __init__(self, table: Mapping[str, str]) -> None:
-        self.chunks = ChatStreamRestorer(table)
+    def __init__(self, transformer: EventTransformer) -> None:
+        self.transformer = transformer
 
     def event(self, event: SSEEvent) -> bytes:
         data = event.data
@@ -35,45 +35,60 @@ class _EventRestorer:
             return event.raw
         if event.is_done:
             return self.leftovers() + event.raw
-        if not self.chunks.holding and b"<" not in data and b"\\u003c" not in data and b"\\u003C" not in data:
+        if not self.transformer.holding and b"<" not in data and b"\\u003c" not in data and b"\\u003C" not in data:
             return event.raw
         try:
-            chunk = orjson.loads(data)
+            parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
             return event.raw
-        if not isinstance(chunk, dict):
+        if not isinstance(parsed, dict):
             return event.raw
-        return encode_event(orjson.dumps(self.chunks.transform(chunk)), event.event)
+        return b"".join(
+            encode_event(orjson.dumps(d), name) for name, d in self.transformer.transform(event.event, parsed)
+        )
 
     def leftovers(self) -> bytes:
-        return b"".join(encode_event(orjson.dumps(c)) for c in self.chunks.finish())
+        return b"".join(encode_event(orjson.dumps(d), name) for name, d in self.transformer.finish())
 
 
 def _note_usage(events: list[SSEEvent], exchange: Exchange) -> None:
-    """Token usage from the event that carries it (``stream_options.include_usage``); parses only that one."""
+    """Token usage from the events that carry it; parses only those.
+
+    OpenAI chat: the last chunk (``stream_options.include_usage``); Responses: ``response.completed``;
+    Anthropic: ``message_start`` (input) and ``message_delta`` (output).
+    """
     for event in events:
         data = event.data
         if data is None or (b'"usage":{' not in data and b'"usage": {' not in data):
             continue
         try:
-            usage = orjson.loads(data).get("usage")
-        except (orjson.JSONDecodeError, AttributeError):
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
             continue
-        if isinstance(usage, dict):
-            if isinstance(usage.get("prompt_tokens"), int):
-                exchange.input_tokens = usage["prompt_tokens"]
-            if isinstance(usage.get("completion_tokens"), int):
-                exchange.output_tokens = usage["completion_tokens"]
+        if not isinstance(parsed, dict):
+            continue
+        usage = parsed.get("usage")
+        for holder in ("response", "message"):
+            if not isinstance(usage, dict) and isinstance(parsed.get(holder), dict):
+                usage = parsed[holder].get("usage")
+        if not isinstance(usage, dict):
+            continue
+        for key in ("prompt_tokens", "input_tokens"):
+            if isinstance(usage.get(key), int) and usage[key] > 0:
+                exchange.input_tokens = usage[key]
+        for key in ("completion_tokens", "output_tokens"):
+            if isinstance(usage.get(key), int) and usage[key] > 0:
+                exchange.output_tokens = usage[key]
 
 
 async def relay_stream(
-    request: web.Request, reply: Reply, exchange: Exchange, table: Mapping[str, str]
+    request: web.Request, reply: Reply, exchange: Exchange, table: Mapping[str, str], api: WireApi
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=reply.status, headers=client_headers(reply.headers))
     response.headers["X-Request-Id"] = exchange.request_id
     await response.prepare(request)
     exchange.status = reply.status
-    restorer = _EventRestorer(table) if table else None
+    restorer = _EventRestorer(api.stream_restorer(table)) if table and api.restores else None
     decoder = SSEDecoder()
     capture = exchange.capture
     try:
@@ -101,13 +116,14 @@ async def relay_stream(
         exchange.outcome = "upstream_error"
         exchange.error_code = exc.code
         exchange.upstream_error = getattr(exc, "reason", "broken_stream")
+        error_event = exc.to_sse(api.error_style, api.route)
         if capture.keeps_original:
-            capture.add("response_client", exc.to_sse())
-        await response.write(exc.to_sse())
+            capture.add("response_client", error_event)
+        await response.write(error_event)
     finally:
         if restorer is not None:
-            exchange.placeholders_restored += restorer.chunks.restored
-            exchange.placeholders_unresolved += restorer.chunks.unresolved
+            exchange.placeholders_restored += restorer.transformer.restored
+            exchange.placeholders_unresolved += restorer.transformer.unresolved
     await response.write_eof()
     exchange.finish(reply.status)
     return response

@@ -12,10 +12,12 @@ no total timeout: a long, steadily flowing stream is fine.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import io
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -81,7 +83,11 @@ class Reply:
 
 
 class UpstreamClient:
-    """Sends redacted requests to one base URL over a shared session."""
+    """Sends redacted requests to one upstream over the shared session.
+
+    ``kind`` decides the credential header the gateway's own key goes in (``Authorization: Bearer``,
+    Azure's ``api-key``, Anthropic's ``x-api-key``) and how an API's path maps onto the base URL.
+    """
 
     def __init__(
         self,
@@ -89,11 +95,39 @@ class UpstreamClient:
         base_url: str,
         timeouts: UpstreamTimeouts,
         api_key: Secret | None = None,
+        *,
+        name: str = "default",
+        kind: str = "openai",
+        models: Sequence[str] = (),
+        routes: Sequence[str] = (),
+        azure_api_version: str = "2024-10-21",
     ) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts
         self.api_key = api_key
+        self.name = name
+        self.kind = kind
+        self.models = tuple(models)
+        self.routes = tuple(routes)
+        self.azure_api_version = azure_api_version
+
+    def serves(self, route: str, model: str | None) -> bool:
+        if self.routes and route not in self.routes:
+            return False
+        if not self.models:
+            return True
+        return model is not None and any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def target(self, api_path: str, incoming_path: str, query: str, model: str | None) -> tuple[str, str]:
+        """(path under the base URL, query) for one request."""
+        if self.kind != "azure":
+            return api_path, query
+        if incoming_path.startswith("/openai/"):
+            return incoming_path, query
+        deployment = quote(model or "", safe="")
+        version = query or f"api-version={quote(self.azure_api_version)}"
+        return f"/openai/deployments/{deployment}{api_path}", version
 
     def outbound_headers(self, incoming: Mapping[str, str]) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
@@ -105,20 +139,31 @@ class UpstreamClient:
                 continue  # the gateway's own credentials and controls never go upstream
             headers.add(name, value)
         if self.api_key is not None:
-            headers["Authorization"] = f"Bearer {self.api_key.reveal()}"
+            if self.kind == "azure":
+                headers["api-key"] = self.api_key.reveal()
+            elif self.kind == "anthropic":
+                headers["x-api-key"] = self.api_key.reveal()
+            else:
+                headers["Authorization"] = f"Bearer {self.api_key.reveal()}"
+        if self.kind == "anthropic" and "anthropic-version" not in headers:
+            headers["anthropic-version"] = "2023-06-01"
         return headers
 
     @asynccontextmanager
-    async def send(self, path: str, query: str, body: bytes, incoming: Mapping[str, str]) -> AsyncIterator[Reply]:
+    async def send(
+        self, path: str, query: str, body: bytes | None, incoming: Mapping[str, str], method: str = "POST"
+    ) -> AsyncIterator[Reply]:
         url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
         headers = self.outbound_headers(incoming)
-        headers["Content-Type"] = "application/json"
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
             async with asyncio.timeout(self.timeouts.first_byte_seconds):
-                response = await self.session.post(
+                response = await self.session.request(
+                    method,
                     url,
                     # A BytesIO payload is streamed out in pieces rather than written in one blocking call.
-                    data=io.BytesIO(body) if len(body) > 256 * 1024 else body,
+                    data=io.BytesIO(body) if body is not None and len(body) > 256 * 1024 else body,
                     headers=headers,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_seconds),
@@ -137,6 +182,16 @@ class UpstreamClient:
             if not response.content.at_eof():
                 response.close()
             response.release()
+
+
+class Router:
+    """Picks the upstream for a request: the first that serves its route and model."""
+
+    def __init__(self, clients: Sequence[UpstreamClient]) -> None:
+        self.clients = list(clients)
+
+    def select(self, route: str, model: str | None) -> UpstreamClient | None:
+        return next((c for c in self.clients if c.serves(route, model)), None)
 
 
 def _is_gateway_key(name: str, value: str) -> bool:

@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions: which request fields hold text, and how answers (whole or streamed) are restored.
+"""OpenAI Chat Completions and legacy Completions: which request fields hold text, and how answers are restored.
 
 Scanned: every message's ``content`` (a string, or the ``text``/``refusal`` parts of a list), ``name``,
 ``refusal``, ``reasoning_content``, the ``arguments`` of ``tool_calls`` and the legacy ``function_call``,
@@ -12,23 +12,20 @@ Every other field of the answer passes through untouched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import BadRequest, UnscannableContent
 from ..placeholders import PlaceholderRestorer
 from ..policy import Policy
 from ..redaction import Slot
+from . import Event, WireApi, openai_usage, setter
 
 TEXT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
 UNSCANNABLE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "audio", "input_image", "input_file"})
 
 
-def _setter(container: dict[str, Any] | list[Any], key: Any) -> Callable[[str], None]:
-    def write(value: str) -> None:
-        container[key] = value
-
-    return write
+_setter = setter
 
 
 def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int]:
@@ -147,7 +144,10 @@ class ChatStreamRestorer:
             found = self._restorers[key] = PlaceholderRestorer(self._table, json_escape=key[1] == "arguments")
         return found
 
-    def transform(self, chunk: dict[str, Any]) -> dict[str, Any]:
+    def transform(self, event: bytes | None, data: dict[str, Any]) -> list[Event]:
+        return [(event, self.transform_chunk(data))]
+
+    def transform_chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
         if not self._template:
             self._template = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
         for choice in chunk.get("choices") or []:
@@ -157,7 +157,15 @@ class ChatStreamRestorer:
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 self._feed_delta(index, delta)
+            if isinstance(choice.get("text"), str):  # legacy completions: the text sits on the choice
+                choice["text"] = self._restorer((index, "text", 0)).feed(choice["text"])
             if choice.get("finish_reason") is not None:
+                if isinstance(choice.get("text"), str):
+                    restorer = self._restorers.pop((index, "text", 0), None)
+                    if restorer is not None:
+                        choice["text"] += restorer.flush()
+                        self.restored += restorer.restored
+                        self.unresolved += restorer.unresolved
                 if not isinstance(delta, dict):
                     delta = {}
                 self._release(index, delta)
@@ -203,16 +211,76 @@ class ChatStreamRestorer:
                 function = call.setdefault("function", {})
                 function["arguments"] = (function.get("arguments") or "") + held
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Event]:
         """Chunks carrying text still held when the stream ended without a finish_reason."""
         indexes = sorted({k[0] for k, r in self._restorers.items() if r.holding})
-        chunks = []
+        chunks: list[Event] = []
         for index in indexes:
+            text = self._restorers.pop((index, "text", 0), None)
+            if text is not None:
+                chunks.append((None, {**self._template, "choices": [{"index": index, "text": text.flush()}]}))
+                self.restored += text.restored
+                self.unresolved += text.unresolved
             delta: dict[str, Any] = {}
             self._release(index, delta)
-            chunks.append({**self._template, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+            if delta:
+                chunks.append(
+                    (None, {**self._template, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+                )
         for restorer in self._restorers.values():
             self.restored += restorer.restored
             self.unresolved += restorer.unresolved
         self._restorers.clear()
         return chunks
+
+
+def collect_completion_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int]:
+    """Legacy completions: ``prompt`` (a string or strings; token arrays only if the policy passes them)."""
+    slots: list[Slot] = []
+    unscanned = 0
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        slots.append(Slot(prompt, "user", setter(body, "prompt")))
+    elif isinstance(prompt, list):
+        for i, item in enumerate(prompt):
+            if isinstance(item, str):
+                slots.append(Slot(item, "user", setter(prompt, i)))
+            else:
+                unscanned += _tokens(policy, "prompt")
+    elif prompt is not None:
+        raise BadRequest("'prompt' must be a string or an array.", param="prompt")
+    if isinstance(body.get("suffix"), str):
+        slots.append(Slot(body["suffix"], "user", setter(body, "suffix")))
+    if isinstance(body.get("user"), str):
+        slots.append(Slot(body["user"], None, setter(body, "user")))
+    return slots, unscanned
+
+
+def _tokens(policy: Policy, param: str) -> int:
+    if policy.unscannable_content == "pass":
+        return 1
+    raise UnscannableContent(
+        f"'{param}' holds token ids, which the gateway cannot scan for personal data; send text instead.",
+        param=param,
+    )
+
+
+CHAT = WireApi(
+    route="chat.completions",
+    upstream_path="/chat/completions",
+    error_style="openai",
+    collect_slots=collect_slots,
+    restore_body=restore_completion,
+    stream_restorer=ChatStreamRestorer,
+    usage=openai_usage,
+)
+
+COMPLETIONS = WireApi(
+    route="completions",
+    upstream_path="/completions",
+    error_style="openai",
+    collect_slots=collect_completion_slots,
+    restore_body=restore_completion,
+    stream_restorer=ChatStreamRestorer,
+    usage=openai_usage,
+)
