@@ -210,3 +210,30 @@ async def test_tenant_label_is_opt_in_and_bounded(
     m = await scrape(server)
     assert {s.labels["tenant"] for s in samples(m, "gateway_requests", "gateway_requests_total")} == {"acme", "other"}
     assert orjson.dumps(known).decode() not in m["__text__"]
+
+
+async def test_every_metric_the_dashboard_and_alerts_use_is_exported(
+    metered: tuple[TestServer, str], fake_upstream: FakeUpstream
+) -> None:
+    """Read the names out of the shipped dashboard's PromQL and the alert rules; the live /metrics has each."""
+    server, base = metered
+    await drive(base, fake_upstream)
+    m = await scrape(server)
+    exported: set[str] = set()
+    for name, family in m.items():
+        if name == "__text__":
+            continue
+        exported.add(name)
+        exported.update(s.name for s in family.samples)
+        if family.type == "counter":
+            exported.add(name + "_total")
+        if family.type == "histogram":
+            exported.update(name + suffix for suffix in ("_bucket", "_sum", "_count"))
+    chart = Path(__file__).resolve().parent.parent / "helm" / "pii-gateway"
+    names = re.compile(r"\b((?:gateway|gen_ai)_[a-z0-9_]+)\b")
+    dashboard = orjson.loads((chart / "dashboards" / "pii-gateway.json").read_bytes())
+    used = {n for panel in dashboard["panels"] for t in panel.get("targets", []) for n in names.findall(t["expr"])}
+    rules = (chart / "files" / "alerts.yaml").read_text()
+    used |= set(names.findall(rules))
+    assert used, "the dashboard and alerts reference no metric"
+    assert used <= exported, sorted(used - exported)
