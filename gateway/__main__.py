@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="detector processes (env PII_GATEWAY_DETECTOR__WORKERS)",
     )
+    serve.add_argument("--tls-cert", dest="tls.cert", help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--tls-key", dest="tls.key", help="the certificate's private key (PEM)")
     serve.add_argument("--master-key-file", dest="master_key_file", help="master keys, one base64 key per line")
     serve.add_argument(
         "--admin-port", dest="admin.port", type=int, help="serve /metrics on this port (env PII_GATEWAY_ADMIN__PORT)"
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if sub == "purge":
                 return int(_run(cli_commands.transcripts_purge(settings, args.older_than)))
             return int(_run(cli_commands.transcripts_forget(settings, args.tenant, args.keep_rows)))
-    except (ModelMissing, CryptoError) as exc:
+    except (ModelMissing, CryptoError, SettingsError) as exc:
         print(f"pii-gateway: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

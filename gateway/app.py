@@ -35,6 +35,7 @@ from .detector import Detector, PresidioDetector
 from .envelope import DataKeys
 from .errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .keys import KeyRing
+from .limits import Admission, RateLimiter
 from .metrics import Metrics
 from .pipeline import Gateway, error_response, handle, handle_models
 from .policy import PolicyBook, load_policy_dir
@@ -43,6 +44,7 @@ from .reloader import KeyHolder, PolicyHolder, Reloader
 from .settings import Settings
 from .spool import Spool
 from .store import open_store
+from .tls import refuse_private_upstreams, upstream_ssl_context
 from .transcripts import TranscriptRecorder
 from .upstream import Router, UpstreamClient
 
@@ -206,11 +208,18 @@ def _provider(settings: Settings) -> str:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     parts = app[PARTS]
     settings = parts.settings
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
     upstreams = settings.resolved_upstreams()
     if not upstreams:
         raise RuntimeError("create_app needs settings.upstream(s); serve() fills it with the demo upstream")
+    if settings.upstream_guard.refuse_private_addresses:
+        await refuse_private_upstreams([u.url for u in upstreams])
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=upstream_ssl_context(settings))
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+    redis = None
+    if settings.limits.redis_url:
+        import redis.asyncio as redis_asyncio
+
+        redis = redis_asyncio.from_url(settings.limits.redis_url)
     router = Router(
         [
             UpstreamClient(
@@ -223,6 +232,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                 models=u.models,
                 routes=u.routes,
                 azure_api_version=u.azure_api_version,
+                retries=settings.retries,
             )
             for u in upstreams
         ]
@@ -239,6 +249,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         redactor=Redactor(parts.detector, parts.hash_key or parts.data_keys.hash_key),
         router=router,
         metrics=parts.metrics,
+        admission=Admission(settings.limits),
+        rate=RateLimiter(settings.limits, redis),
         recorder=parts.recorder,
     )
     if parts.owns_detector:
@@ -259,6 +271,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         if parts.owns_detector:
             await parts.detector.close()
         await session.close()
+        if redis is not None:
+            await redis.aclose()
 
 
 async def _start_detector(detector: Detector) -> None:

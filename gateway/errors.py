@@ -10,7 +10,9 @@ The tree::
     ├── Unauthorized                  401  a missing, unknown, revoked or expired gateway key (one message)
     ├── Forbidden                     403
     │   └── WeakerPolicy              403  a request asked for a policy weaker than its key's
-    ├── PayloadTooLarge               413
+    ├── PayloadTooLarge               413  body, messages or characters over the limits
+    ├── RateLimited                   429  a per-key concurrency or rate limit (Retry-After)
+    ├── Overloaded                    503  the overall concurrency cap (Retry-After)
     ├── NotFound                      404  an endpoint the gateway does not scan is never forwarded
     ├── MethodNotAllowed              405
     ├── DetectionFailed               503  analysis raised: fail closed, nothing was forwarded
@@ -35,10 +37,12 @@ class GatewayError(Exception):
     type: ClassVar[str] = "server_error"
     code: ClassVar[str | None] = "gateway_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        #: Seconds, sent as ``Retry-After`` when set.
+        self.retry_after = retry_after
 
     #: Anthropic's error type for the same failure.
     anthropic_type: ClassVar[str] = "api_error"
@@ -111,6 +115,20 @@ class PayloadTooLarge(GatewayError):
     type = "invalid_request_error"
     code = "payload_too_large"
     anthropic_type = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    anthropic_type = "rate_limit_error"
+
+
+class Overloaded(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "gateway_overloaded"
+    anthropic_type = "overloaded_error"
 
 
 class NotFound(GatewayError):

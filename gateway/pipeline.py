@@ -37,6 +37,7 @@ from .errors import (
     UpstreamError,
 )
 from .exchange import Exchange
+from .limits import Admission, RateLimiter
 from .logs import request_context
 from .metrics import Metrics
 from .placeholders import PlaceholderRestorer
@@ -64,6 +65,8 @@ class Gateway:
     redactor: Redactor
     router: Router
     metrics: Metrics
+    admission: Admission
+    rate: RateLimiter
     recorder: TranscriptRecorder | None = None
 
     @property
@@ -121,7 +124,25 @@ async def _handle(
     exchange.tenant = principal.tenant
     if gateway.recorder is not None and not gateway.recorder.accepting:
         raise TranscriptsUnavailable("The transcript store is unavailable; requests are refused until it recovers.")
-    raw, body = await read_json(request, gateway.settings.limits.max_body_bytes)
+    limit_key = principal.key_id or f"tenant:{principal.tenant}"
+    with gateway.admission.enter(limit_key):
+        await gateway.rate.check(limit_key)
+        try:
+            return await _admitted(request, gateway, exchange, api, model_from_path, principal)
+        finally:
+            await gateway.rate.spend(limit_key, (exchange.input_tokens or 0) + (exchange.output_tokens or 0))
+
+
+async def _admitted(
+    request: web.Request,
+    gateway: Gateway,
+    exchange: Exchange,
+    api: WireApi,
+    model_from_path: str | None,
+    principal: Principal,
+) -> web.StreamResponse:
+    limits = gateway.settings.limits
+    raw, body = await read_json(request, limits.max_body_bytes)
     exchange.model = model_from_path or (body["model"] if isinstance(body.get("model"), str) else None)
     exchange.stream = body.get("stream") is True
     upstream = gateway.router.select(api.route, exchange.model)
@@ -135,6 +156,11 @@ async def _handle(
     if capture.keeps_original:
         capture.request_client = raw
     slots, exchange.unscanned_parts = api.collect_slots(body, policy)
+    if len(slots) > limits.max_messages:
+        raise PayloadTooLarge(f"The request has {len(slots)} text parts; the limit is {limits.max_messages}.")
+    chars = sum(len(s.text) for s in slots)
+    if chars > limits.max_chars:
+        raise PayloadTooLarge(f"The request has {chars} characters of text; the limit is {limits.max_chars}.")
 
     started = exchange.elapsed()
     try:
@@ -267,7 +293,9 @@ def _restore_text(raw: bytes, table: Mapping[str, str], *, json_escape: bool, ex
 
 def error_response(exc: GatewayError, exchange: Exchange | None = None, style: str = "openai") -> web.Response:
     headers = {"X-Request-Id": exchange.request_id} if exchange is not None else {}
-    if isinstance(exc, UpstreamError | DetectionFailed | TranscriptsUnavailable):
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, UpstreamError | DetectionFailed | TranscriptsUnavailable):
         headers["Retry-After"] = "1"
     return web.Response(status=exc.status, body=exc.to_json(style), content_type="application/json", headers=headers)
 

@@ -24,7 +24,8 @@ from aiohttp import web
 from .app import PARTS, create_admin_app, create_app
 from .detector import check_model
 from .echo_upstream import start_echo_upstream
-from .settings import Settings
+from .settings import Settings, SettingsError
+from .tls import server_tls
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    tls = server_tls(settings)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, ssl_context=tls.context if tls else None)
     await site.start()
     admin_runner = None
     if settings.admin.port is not None:
@@ -70,8 +72,13 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     loop = asyncio.get_running_loop()
 
     def on_hangup() -> None:
-        log.info("SIGHUP: reloading policies and keys")
+        log.info("SIGHUP: reloading policies, keys and the TLS certificate")
         parts.spawn(parts.reloader.reload(), "sighup-reload")
+        if tls is not None:
+            try:
+                tls.reload()
+            except SettingsError as exc:
+                log.error("TLS certificate reload failed; the previous one stays", extra={"reason": str(exc)})
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
 

@@ -113,7 +113,35 @@ class UpstreamSettings(_Model):
 
 
 class LimitSettings(_Model):
+    #: Larger bodies are refused with 413 before they are read whole.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: Text pieces (messages, parts, tool arguments) per request; more is refused with 413.
+    max_messages: int = Field(default=4096, ge=1)
+    #: Characters of text to scan per request; more is refused with 413.
+    max_chars: int = Field(default=2_000_000, ge=1)
+    #: Requests in flight overall; past it, 503 with Retry-After.
+    max_concurrent: int = Field(default=1024, ge=1)
+    #: Requests in flight per gateway key (or per tenant in pass-through); past it, 429 with Retry-After.
+    max_concurrent_per_key: int = Field(default=128, ge=1)
+    #: Optional per-key limits per minute. None: no limit.
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    #: ``redis://host:6379/0`` to share rate-limit counters between replicas. None: in memory.
+    redis_url: str | None = None
+
+
+class RetrySettings(_Model):
+    """Retries before anything was sent to the client: connect errors and 429/502/503/504."""
+
+    attempts: int = Field(default=2, ge=0, le=10)
+    backoff_seconds: float = Field(default=0.5, gt=0)
+    #: A ``Retry-After`` longer than this is not waited for: the answer goes to the client as it is.
+    max_wait_seconds: float = Field(default=8.0, ge=0)
+
+
+class UpstreamGuardSettings(_Model):
+    #: Refuse upstreams that resolve to private, loopback, link-local or metadata addresses (SSRF).
+    refuse_private_addresses: bool = False
 
 
 class TranscriptSettings(_Model):
@@ -200,6 +228,8 @@ class Settings(_Model):
     detector: DetectorSettings = DetectorSettings()
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     limits: LimitSettings = LimitSettings()
+    retries: RetrySettings = RetrySettings()
+    upstream_guard: UpstreamGuardSettings = UpstreamGuardSettings()
     transcripts: TranscriptSettings = TranscriptSettings()
     admin: AdminSettings = AdminSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import io
+import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import UpstreamError, UpstreamTimeout
-from .settings import Secret, UpstreamTimeouts
+from .settings import RetrySettings, Secret, UpstreamTimeouts
 
 #: Never forwarded in either direction (RFC 9110 section 7.6.1, plus framing the gateway redoes itself).
 HOP_BY_HOP = frozenset(
@@ -35,6 +36,8 @@ HOP_BY_HOP = frozenset(
 #: Client headers that are not forwarded: framing the gateway redoes, and credentials it replaces.
 _NOT_FORWARDED = HOP_BY_HOP | {"accept-encoding", "cookie", "x-forwarded-for", "forwarded"}
 _CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
+#: Statuses worth another try before the client has seen anything: rate limited or briefly unavailable.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
 @dataclass
@@ -101,7 +104,9 @@ class UpstreamClient:
         models: Sequence[str] = (),
         routes: Sequence[str] = (),
         azure_api_version: str = "2024-10-21",
+        retries: RetrySettings | None = None,
     ) -> None:
+        self.retries = retries or RetrySettings(attempts=0)
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts
@@ -157,9 +162,40 @@ class UpstreamClient:
         headers = self.outbound_headers(incoming)
         if body is not None:
             headers["Content-Type"] = "application/json"
+        attempt = 0
+        while True:
+            try:
+                response = await self._request(method, url, body, headers)
+            except UpstreamError as exc:
+                # Nothing reached the upstream's model yet (no connection): safe to try again.
+                if attempt >= self.retries.attempts or exc.reason not in ("unreachable", "timeout_connect"):
+                    raise
+                await asyncio.sleep(self._backoff(attempt, None))
+                attempt += 1
+                continue
+            if response.status in RETRY_STATUSES and attempt < self.retries.attempts:
+                wait = self._backoff(attempt, response.headers.get("Retry-After"))
+                if wait <= self.retries.max_wait_seconds:
+                    response.release()
+                    await asyncio.sleep(wait)
+                    attempt += 1
+                    continue
+            break
+        try:
+            yield Reply(response, self.timeouts.stream_idle_seconds)
+        finally:
+            # An unread body means the client left or we failed: close the connection so the upstream
+            # stops generating, instead of returning a half-read connection to the pool.
+            if not response.content.at_eof():
+                response.close()
+            response.release()
+
+    async def _request(
+        self, method: str, url: str, body: bytes | None, headers: CIMultiDict[str]
+    ) -> aiohttp.ClientResponse:
         try:
             async with asyncio.timeout(self.timeouts.first_byte_seconds):
-                response = await self.session.request(
+                return await self.session.request(
                     method,
                     url,
                     # A BytesIO payload is streamed out in pieces rather than written in one blocking call.
@@ -174,14 +210,15 @@ class UpstreamClient:
             raise UpstreamTimeout("The upstream did not answer in time.", reason="timeout_first_byte") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"The upstream could not be reached ({type(exc).__name__}).") from exc
-        try:
-            yield Reply(response, self.timeouts.stream_idle_seconds)
-        finally:
-            # An unread body means the client left or we failed: close the connection so the upstream
-            # stops generating, instead of returning a half-read connection to the pool.
-            if not response.content.at_eof():
-                response.close()
-            response.release()
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        """Full-jitter exponential backoff, or the upstream's own Retry-After (seconds) when it gives one."""
+        if retry_after is not None:
+            try:
+                return max(float(retry_after), 0.0)
+            except ValueError:
+                pass
+        return random.uniform(0, self.retries.backoff_seconds * (2**attempt))  # noqa: S311 - jitter, not crypto
 
 
 class Router:
