@@ -33,7 +33,7 @@ from .api.responses import RESPONSES
 from .crypto import load_key_provider
 from .detector import Detector, PresidioDetector
 from .envelope import DataKeys
-from .errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .errors import GatewayError, MethodNotAllowed, NotFound, Overloaded, PayloadTooLarge
 from .keys import KeyRing
 from .limits import Admission, RateLimiter
 from .metrics import Metrics
@@ -338,7 +338,13 @@ async def _unknown(request: web.Request) -> web.Response:
 
 @web.middleware
 async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every error the gateway raises, and aiohttp's own HTTP errors, as OpenAI-shaped JSON."""
+    """Render every error the gateway raises, and aiohttp's own HTTP errors, as OpenAI-shaped JSON.
+
+    While draining (after SIGTERM), a new API request that still arrives on an open connection is
+    refused with 503 and Retry-After, so the client retries on another replica.
+    """
+    if request.app[PARTS].draining and request.path not in ("/healthz", "/readyz", "/metrics"):
+        return error_response(Overloaded("The gateway is shutting down; retry on another instance.", retry_after=1))
     try:
         response: web.StreamResponse = await handler(request)
         return response
