@@ -170,6 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return int(_run(cli_commands.policy_check(settings, args.files, run=not args.schema_only)))
             name = args.policy_name or settings.default_policy
             return int(_run(cli_commands.policy_explain(settings, name, args.text, args.json)))
+        if args.command == "keys" and args.keys_command in ("rotate", "master"):
+            from . import cli_transcripts
+
+            if args.keys_command == "rotate":
+                return int(_run(cli_transcripts.master_rotate(settings, args.generate)))
+            return int(_run(cli_transcripts.master_status(settings)))
         if args.command == "keys":
             from . import cli_commands
 
@@ -179,24 +185,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if args.keys_command == "list":
                 return cli_commands.keys_list(settings)
-            if args.keys_command == "rotate":
-                return int(_run(cli_commands.master_rotate(settings, args.generate)))
-            if args.keys_command == "master":
-                return int(_run(cli_commands.master_status(settings)))
             return cli_commands.keys_revoke(settings, args.key_id)
         if args.command == "transcripts":
-            from . import cli_commands
+            from . import cli_transcripts as ct
 
             sub = args.transcripts_command
             if sub == "list":
-                return int(_run(cli_commands.transcripts_list(settings, args)))
+                return int(_run(ct.transcripts_list(settings, args)))
             if sub == "show":
-                return int(_run(cli_commands.transcripts_show(settings, args.transcript_id)))
+                return int(_run(ct.transcripts_show(settings, args.transcript_id)))
             if sub == "export":
-                return int(_run(cli_commands.transcripts_export(settings, args)))
+                return int(_run(ct.transcripts_export(settings, args)))
             if sub == "purge":
-                return int(_run(cli_commands.transcripts_purge(settings, args.older_than)))
-            return int(_run(cli_commands.transcripts_forget(settings, args.tenant, args.keep_rows)))
+                return int(_run(ct.transcripts_purge(settings, args.older_than)))
+            return int(_run(ct.transcripts_forget(settings, args.tenant, args.keep_rows)))
     except (ModelMissing, CryptoError, SettingsError) as exc:
         print(f"pii-gateway: {exc}", file=sys.stderr)
         return 2

@@ -30,17 +30,22 @@ class DataKeys:
         self._cache: dict[str, tuple[str, bytes]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def current(self, tenant: str) -> tuple[str, bytes]:
-        """(key id, key) for sealing new records; creates the tenant's key on first use."""
+    async def current(self, tenant: str, *, fresh: bool = False) -> tuple[str, bytes]:
+        """(key id, key) for sealing new records; creates the tenant's key on first use.
+
+        With ``fresh`` the store is asked again, so a key destroyed by ``transcripts forget`` (on
+        any replica) is never used to seal another record. The writer asks fresh once per batch.
+        """
         cached = self._cache.get(tenant)
-        if cached is not None:
+        if cached is not None and not fresh:
             return cached
         lock = self._locks.setdefault(tenant, asyncio.Lock())
         async with lock:
-            cached = self._cache.get(tenant)
-            if cached is not None:
-                return cached
             row = await self.store.get_data_key(tenant)
+            cached = self._cache.get(tenant)
+            if cached is not None and row is not None and row.key_id == cached[0]:
+                return cached
+            self._cache.pop(tenant, None)
             if row is None:
                 key_id = "dk-" + secrets.token_hex(8)
                 master_id, wrapped = self.provider.wrap(os.urandom(32), data_key_aad(tenant, key_id))

@@ -139,6 +139,11 @@ class KeyRing:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
+            fd = os.open(target.parent, os.O_RDONLY)  # the rename itself must survive a power cut
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

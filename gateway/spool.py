@@ -22,6 +22,15 @@ PURPOSE = b"pii-gateway/spool/v1"
 AAD = b"pii-gateway/spool-frame"
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make a file's creation or rename in ``directory`` survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Spool:
     def __init__(self, directory: Path, provider: KeyProvider) -> None:
         self.directory = directory
@@ -41,6 +50,7 @@ class Spool:
                 handle.write(struct.pack(">I", len(frame)) + frame)
             handle.flush()
             os.fsync(handle.fileno())
+        fsync_dir(self.directory)
         return path
 
     def files(self) -> list[Path]:

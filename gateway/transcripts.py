@@ -154,8 +154,13 @@ class TranscriptRecorder:
                 batch.append(self._queue.get_nowait())
             while True:
                 try:
-                    rows = [await self.seal(d) for d in batch]
-                    await self.store.write(rows)
+                    rows = await self._seal_batch(batch)
+                    written = len(rows)
+                    if rows:
+                        await self.store.write(rows)
+                except asyncio.CancelledError:
+                    self._spill(batch)  # cancelled mid-write at shutdown: keep the batch in the spool
+                    raise
                 except (StoreUnavailable, OSError) as exc:
                     self._store_down = True
                     self.metrics.transcript_write_failures.inc()
@@ -168,11 +173,27 @@ class TranscriptRecorder:
                     continue
                 self._store_down = False
                 backoff = 0.05
-                self.metrics.transcript_writes.labels("store").inc(len(batch))
+                self.metrics.transcript_writes.labels("store").inc(written)
                 break
             for _ in batch:
                 self._queue.task_done()
             self.metrics.transcript_queue_depth.set(self._queue.qsize())
+
+    async def _seal_batch(self, batch: list[Draft]) -> list[TranscriptRow]:
+        """Seal a batch. A draft that cannot be sealed (its master key is missing here) is spooled,
+        never dropped, and never stops the writer for everyone else."""
+        for tenant in {d.row.tenant for d in batch if d.content is not None}:
+            with contextlib.suppress(CryptoError):  # reported per draft below
+                await self.keys.current(tenant, fresh=True)
+        rows = []
+        for draft in batch:
+            try:
+                rows.append(await self.seal(draft))
+            except CryptoError as exc:
+                log.error("a transcript cannot be sealed here; it is spooled", extra={"error": str(exc)})
+                self.metrics.transcript_write_failures.inc()
+                self._spill([draft])
+        return rows
 
     def _spill(self, drafts: list[Draft]) -> None:
         try:

@@ -55,6 +55,12 @@ class Query:
     limit: int = 100
     #: Keyset pagination: rows created after (created, id).
     after: tuple[float, str] | None = None
+    #: Newest first (for listing); pagination with ``after`` needs oldest first.
+    newest_first: bool = False
+
+    @property
+    def order(self) -> str:
+        return "created DESC, id DESC" if self.newest_first else "created, id"
 
 
 class StoreUnavailable(Exception):

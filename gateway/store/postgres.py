@@ -129,7 +129,7 @@ class PostgresStore:
 
     async def query(self, query: Query) -> list[TranscriptRow]:
         clause, params = where(query, lambda n: f"${n}")
-        sql = f"SELECT {COLUMNS} FROM transcripts{clause} ORDER BY created, id LIMIT ${len(params) + 1}"
+        sql = f"SELECT {COLUMNS} FROM transcripts{clause} ORDER BY {query.order} LIMIT ${len(params) + 1}"
         return [_row(r) for r in await self._fetch(sql, *params, query.limit)]
 
     async def purge(self, older_than: float) -> int:

@@ -172,7 +172,7 @@ class SqliteStore:
         clause, params = where(query, lambda _: "?")
 
         def run(conn: sqlite3.Connection) -> list[TranscriptRow]:
-            sql = f"SELECT {COLUMNS} FROM transcripts{clause} ORDER BY created, id LIMIT ?"
+            sql = f"SELECT {COLUMNS} FROM transcripts{clause} ORDER BY {query.order} LIMIT ?"
             return [to_row(r) for r in conn.execute(sql, [*params, query.limit]).fetchall()]
 
         return await self._call(run)
