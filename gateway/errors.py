@@ -10,6 +10,7 @@ The tree::
     ├── Unauthorized                  401  a missing, unknown, revoked or expired gateway key (one message)
     ├── Forbidden                     403
     │   └── WeakerPolicy              403  a request asked for a policy weaker than its key's
+    ├── RequestTimeout                408  the body did not arrive in time (slow uploads)
     ├── PayloadTooLarge               413  body, messages or characters over the limits
     ├── RateLimited                   429  a per-key concurrency or rate limit (Retry-After)
     ├── Overloaded                    503  the overall concurrency cap (Retry-After)
@@ -117,6 +118,13 @@ class PayloadTooLarge(GatewayError):
     anthropic_type = "request_too_large"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    anthropic_type = "invalid_request_error"
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
@@ -171,7 +179,7 @@ class UpstreamError(GatewayError):
 
     def __init__(self, message: str, *, reason: str = "unreachable") -> None:
         super().__init__(message)
-        #: A bounded label for metrics: unreachable, broken_stream, too_large, timeout_<phase>.
+        #: A bounded label for metrics: unreachable, broken, broken_stream, too_large, timeout_<phase>.
         self.reason = reason
 
 

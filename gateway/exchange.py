@@ -96,8 +96,8 @@ class Exchange:
     detect_seconds: float | None = None
     #: From request received to the request handed to the upstream: what the gateway adds up front.
     forwarded_seconds: float | None = None
-    #: ``unreachable``, ``timeout_connect``, ``timeout_first_byte``, ``timeout_stream_idle``,
-    #: ``broken_stream``, ``status_4xx`` or ``status_5xx``.
+    #: ``unreachable``, ``broken``, ``timeout_connect``, ``timeout_first_byte``, ``timeout_stream_idle``,
+    #: ``broken_stream``, ``too_large``, ``status_4xx`` or ``status_5xx``.
     upstream_error: str | None = None
     upstream_first_byte_seconds: float | None = None
     first_token_seconds: float | None = None

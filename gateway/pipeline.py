@@ -33,6 +33,7 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     PolicyBlocked,
+    RequestTimeout,
     TranscriptsUnavailable,
     UpstreamError,
 )
@@ -124,11 +125,17 @@ async def _handle(
     exchange.tenant = principal.tenant
     if gateway.recorder is not None and not gateway.recorder.accepting:
         raise TranscriptsUnavailable("The transcript store is unavailable; requests are refused until it recovers.")
+    # The body is read before admission, under its own deadline, so slow uploads hold no slot.
+    try:
+        async with asyncio.timeout(gateway.settings.limits.body_read_seconds):
+            raw, body = await read_json(request, gateway.settings.limits.max_body_bytes)
+    except TimeoutError:
+        raise RequestTimeout("The request body was not received in time.") from None
     limit_key = principal.key_id or f"tenant:{principal.tenant}"
     with gateway.admission.enter(limit_key):
         await gateway.rate.check(limit_key)
         try:
-            return await _admitted(request, gateway, exchange, api, model_from_path, principal)
+            return await _admitted(request, gateway, exchange, api, model_from_path, principal, raw, body)
         finally:
             await gateway.rate.spend(limit_key, (exchange.input_tokens or 0) + (exchange.output_tokens or 0))
 
@@ -140,9 +147,10 @@ async def _admitted(
     api: WireApi,
     model_from_path: str | None,
     principal: Principal,
+    raw: bytes,
+    body: dict[str, Any],
 ) -> web.StreamResponse:
     limits = gateway.settings.limits
-    raw, body = await read_json(request, limits.max_body_bytes)
     exchange.model = model_from_path or (body["model"] if isinstance(body.get("model"), str) else None)
     exchange.stream = body.get("stream") is True
     upstream = gateway.router.select(api.route, exchange.model)
@@ -270,10 +278,15 @@ def _restore_json_answer(raw: bytes, exchange: Exchange, table: Mapping[str, str
         return _restore_text(raw, table, json_escape=True, exchange=exchange) if table else raw
     if not isinstance(answer, dict):
         return raw
-    exchange.input_tokens, exchange.output_tokens = api.usage(answer)
-    if not table:
+    try:
+        exchange.input_tokens, exchange.output_tokens = api.usage(answer)
+        if not table:
+            return raw
+        restored, unresolved = api.restore_body(answer, table)
+    except (TypeError, AttributeError, KeyError, ValueError):
+        # An answer of a shape we do not understand: relay it as it came (restoring fails open).
+        log.warning("an upstream answer could not be restored; relayed unchanged")
         return raw
-    restored, unresolved = api.restore_body(answer, table)
     exchange.placeholders_restored += restored
     exchange.placeholders_unresolved += unresolved
     return orjson.dumps(answer)

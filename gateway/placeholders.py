@@ -96,6 +96,8 @@ class PlaceholderRestorer:
     With ``json_escape`` the values are escaped for the inside of a JSON string, which is what a tool
     call's ``arguments`` are. Text that looks like a placeholder but is not one of this request's is
     left as it was, and counted in ``unresolved``: failing open shows a placeholder, never another value.
+    In a stream that count is approximate: a foreign placeholder cut across two feeds is relayed
+    correctly but not counted, since only this request's placeholders are held back.
     """
 
     def __init__(self, table: Mapping[str, str], *, json_escape: bool = False) -> None:

@@ -34,7 +34,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     check_model(settings.nlp.model)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     echo_runner = None
-    if settings.upstream is None:
+    if not settings.resolved_upstreams():
         if settings.production:
             raise SystemExit("pii-gateway: production mode needs --upstream (PII_GATEWAY_UPSTREAM)")
         echo_runner, url = await start_echo_upstream()

@@ -117,6 +117,8 @@ class UpstreamSettings(_Model):
 class LimitSettings(_Model):
     #: Larger bodies are refused with 413 before they are read whole.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: Seconds a client may take to send its body; slower uploads get 408 and hold no request slot.
+    body_read_seconds: float = Field(default=30.0, gt=0)
     #: Text pieces (messages, parts, tool arguments) per request; more is refused with 413.
     max_messages: int = Field(default=4096, ge=1)
     #: Characters of text to scan per request; more is refused with 413.

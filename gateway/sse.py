@@ -41,42 +41,52 @@ def parse_event(block: bytes) -> SSEEvent:
 
 
 class SSEDecoder:
-    """Turns arbitrary byte chunks into complete events; holds back an incomplete tail."""
+    """Turns arbitrary byte chunks into complete events; holds back an incomplete tail.
+
+    Linear in the bytes fed: only the new chunk's line ends are normalised, and the search for the
+    blank line resumes where the previous one stopped (a 4 MiB event in 1 KiB chunks is not rescanned
+    4,000 times).
+    """
 
     def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._pending_cr = False
         self._max = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if not chunk:
             return []
-        buffer = self._buffer + chunk
-        if b"\r" in buffer:
-            trailing_cr = buffer.endswith(b"\r")
-            if trailing_cr:
-                buffer = buffer[:-1]
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if trailing_cr:
-                buffer += b"\r"
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if b"\r" in chunk:
+            if chunk.endswith(b"\r"):  # an LF may follow in the next chunk
+                chunk = chunk[:-1]
+                self._pending_cr = True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        search = max(len(self._buffer) - 1, 0)
+        self._buffer += chunk
         events: list[SSEEvent] = []
         start = 0
         while True:
-            end = buffer.find(b"\n\n", start)
+            end = self._buffer.find(b"\n\n", max(search, start))
             if end < 0:
                 break
-            block = buffer[start:end]
+            block = bytes(self._buffer[start:end])
             start = end + 2
             if block.strip(b"\n"):
                 events.append(parse_event(block.lstrip(b"\n")))
-        self._buffer = buffer[start:]
+        if start:
+            del self._buffer[:start]
         if len(self._buffer) > self._max:
             raise ValueError("an SSE event is larger than the limit")
         return events
 
     def flush(self) -> list[SSEEvent]:
         """The last event of a stream that ended without a blank line, if any."""
-        block = self._buffer.rstrip(b"\r").strip(b"\n")
-        self._buffer = b""
+        block = bytes(self._buffer).strip(b"\n")
+        self._buffer.clear()
+        self._pending_cr = False
         return [parse_event(block)] if block else []
 
 

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from .api import EventTransformer, WireApi
-from .errors import GatewayError
+from .errors import GatewayError, UpstreamError
 from .exchange import Exchange
 from .sse import SSEDecoder, SSEEvent, encode_event
 from .upstream import Reply, client_headers
@@ -43,9 +43,11 @@ class _EventRestorer:
             return event.raw
         if not isinstance(parsed, dict):
             return event.raw
-        return b"".join(
-            encode_event(orjson.dumps(d), name) for name, d in self.transformer.transform(event.event, parsed)
-        )
+        try:
+            out = self.transformer.transform(event.event, parsed)
+        except (TypeError, AttributeError, KeyError, ValueError):
+            return event.raw  # an event of a shape we do not understand: relayed as it came (fail open)
+        return b"".join(encode_event(orjson.dumps(d), name) for name, d in out)
 
     def leftovers(self) -> bytes:
         return b"".join(encode_event(orjson.dumps(d), name) for name, d in self.transformer.finish())
@@ -95,7 +97,12 @@ async def relay_stream(
         async for chunk in reply.chunks():
             if capture.keeps_anything:
                 capture.add("response_upstream", chunk)
-            events = decoder.feed(chunk)
+            try:
+                events = decoder.feed(chunk)
+            except ValueError as exc:
+                raise UpstreamError(
+                    "An event from the upstream is larger than the gateway accepts.", reason="too_large"
+                ) from exc
             _note_usage(events, exchange)
             out = chunk if restorer is None else b"".join(restorer.event(e) for e in events)
             if out:

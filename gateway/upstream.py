@@ -208,8 +208,10 @@ class UpstreamClient:
             raise UpstreamTimeout("The upstream could not be reached in time.", reason="timeout_connect") from exc
         except TimeoutError as exc:
             raise UpstreamTimeout("The upstream did not answer in time.", reason="timeout_first_byte") from exc
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:  # no connection: the request never left
             raise UpstreamError(f"The upstream could not be reached ({type(exc).__name__}).") from exc
+        except aiohttp.ClientError as exc:  # the request may have arrived: never retried
+            raise UpstreamError(f"The upstream connection failed ({type(exc).__name__}).", reason="broken") from exc
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         """Full-jitter exponential backoff, or the upstream's own Retry-After (seconds) when it gives one."""

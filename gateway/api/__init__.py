@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from ..errors import BadRequest
 from ..policy import Policy
 from ..redaction import Slot
 
@@ -45,6 +46,20 @@ class WireApi:
     usage: Callable[[dict[str, Any]], tuple[int | None, int | None]]
     #: False for APIs with nothing to restore (embeddings).
     restores: bool = True
+
+
+def listed(value: Any) -> list[Any]:
+    """An answer's list, or nothing: restoration fails open on an answer of the wrong shape."""
+    return value if isinstance(value, list) else []
+
+
+def request_list(value: Any, param: str) -> list[Any]:
+    """A request's list field; anything but a list or null is refused (it would pass unscanned)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"'{param}' must be an array.", param=param)
+    return value
 
 
 def openai_usage(body: dict[str, Any]) -> tuple[int | None, int | None]:

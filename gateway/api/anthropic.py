@@ -21,7 +21,7 @@ from ..errors import BadRequest, UnscannableContent
 from ..placeholders import PlaceholderRestorer
 from ..policy import Policy
 from ..redaction import Slot
-from . import Event, WireApi, json_leaf_slots, restore_json_leaves, setter
+from . import Event, WireApi, json_leaf_slots, listed, restore_json_leaves, setter
 
 UNSCANNABLE = frozenset({"image", "document", "file", "audio", "container_upload"})
 
@@ -83,7 +83,7 @@ def _blocks(blocks: list[Any], role: str | None, policy: Policy, slots: list[Slo
 
 def restore_body(body: dict[str, Any], table: Mapping[str, str]) -> tuple[int, int]:
     text = PlaceholderRestorer(table)
-    for block in body.get("content") or []:
+    for block in listed(body.get("content")):
         if not isinstance(block, dict):
             continue
         for key in ("text", "thinking"):

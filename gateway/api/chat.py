@@ -19,7 +19,7 @@ from ..errors import BadRequest, UnscannableContent
 from ..placeholders import PlaceholderRestorer
 from ..policy import Policy
 from ..redaction import Slot
-from . import Event, WireApi, openai_usage, setter
+from . import Event, WireApi, listed, openai_usage, request_list, setter
 
 TEXT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
 UNSCANNABLE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "audio", "input_image", "input_file"})
@@ -50,7 +50,7 @@ def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int
         for field in ("name", *TEXT_FIELDS[1:]):
             if isinstance(message.get(field), str):
                 slots.append(Slot(message[field], role, _setter(message, field)))
-        for call in message.get("tool_calls") or []:
+        for call in request_list(message.get("tool_calls"), f"messages[{i}].tool_calls"):
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 slots.append(Slot(function["arguments"], role, _setter(function, "arguments"), kind="json"))
@@ -91,7 +91,7 @@ def restore_completion(body: dict[str, Any], table: Mapping[str, str]) -> tuple[
     """Restore placeholders in every choice of a whole answer, in place. Returns (restored, unresolved)."""
     text = PlaceholderRestorer(table)
     args = PlaceholderRestorer(table, json_escape=True)
-    for choice in body.get("choices") or []:
+    for choice in listed(body.get("choices")):
         if not isinstance(choice, dict):
             continue
         message = choice.get("message")
@@ -111,7 +111,7 @@ def _restore_message(message: dict[str, Any], text: PlaceholderRestorer, args: P
             for part in value:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     part["text"] = text.restore(part["text"])
-    for call in message.get("tool_calls") or []:
+    for call in listed(message.get("tool_calls")):
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict) and isinstance(function.get("arguments"), str):
             function["arguments"] = args.restore(function["arguments"])
@@ -150,7 +150,7 @@ class ChatStreamRestorer:
     def transform_chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
         if not self._template:
             self._template = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
-        for choice in chunk.get("choices") or []:
+        for choice in listed(chunk.get("choices")):
             if not isinstance(choice, dict):
                 continue
             index = choice.get("index", 0) if isinstance(choice.get("index", 0), int) else 0
@@ -177,7 +177,7 @@ class ChatStreamRestorer:
         for field in TEXT_FIELDS:
             if isinstance(delta.get(field), str):
                 delta[field] = self._restorer((index, field, 0)).feed(delta[field])
-        for call in delta.get("tool_calls") or []:
+        for call in listed(delta.get("tool_calls")):
             if not isinstance(call, dict):
                 continue
             function = call.get("function")

@@ -24,7 +24,7 @@ from ..errors import BadRequest, UnscannableContent
 from ..placeholders import PlaceholderRestorer
 from ..policy import Policy
 from ..redaction import Slot
-from . import Event, WireApi, openai_usage, setter
+from . import Event, WireApi, listed, openai_usage, request_list, setter
 
 UNSCANNABLE = frozenset({"input_image", "input_file", "input_audio", "image", "file"})
 TEXT_PART_KEYS = {
@@ -82,7 +82,7 @@ def _item_slots(item: dict[str, Any], policy: Policy, slots: list[Slot], where: 
             for j, part in enumerate(output):
                 unscanned += _part_slots(part, "tool", policy, slots, f"{where}.output[{j}]")
     elif kind == "reasoning":
-        for part in item.get("summary") or []:
+        for part in request_list(item.get("summary"), f"{where}.summary"):
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 slots.append(Slot(part["text"], "assistant", setter(part, "text")))
     return unscanned
@@ -107,12 +107,12 @@ def _part_slots(part: Any, role: str | None, policy: Policy, slots: list[Slot], 
 
 
 def _restore_item(item: dict[str, Any], text: PlaceholderRestorer, args: PlaceholderRestorer) -> None:
-    for part in item.get("content") or []:
+    for part in listed(item.get("content")):
         if isinstance(part, dict):
             for key in ("text", "refusal"):
                 if isinstance(part.get(key), str):
                     part[key] = text.restore(part[key])
-    for part in item.get("summary") or []:
+    for part in listed(item.get("summary")):
         if isinstance(part, dict) and isinstance(part.get("text"), str):
             part["text"] = text.restore(part["text"])
     if isinstance(item.get("arguments"), str):
@@ -124,7 +124,7 @@ def _restore_item(item: dict[str, Any], text: PlaceholderRestorer, args: Placeho
 def restore_body(body: dict[str, Any], table: Mapping[str, str]) -> tuple[int, int]:
     text = PlaceholderRestorer(table)
     args = PlaceholderRestorer(table, json_escape=True)
-    for item in body.get("output") or []:
+    for item in listed(body.get("output")):
         if isinstance(item, dict):
             _restore_item(item, text, args)
     return text.restored + args.restored, text.unresolved + args.unresolved
@@ -193,7 +193,7 @@ class ResponsesStreamRestorer:
         if isinstance(data.get("item"), dict):
             _restore_item(data["item"], text, args)
         if isinstance(data.get("response"), dict):
-            for item in data["response"].get("output") or []:
+            for item in listed(data["response"].get("output")):
                 if isinstance(item, dict):
                     _restore_item(item, text, args)
         self._count(text)
