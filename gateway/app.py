@@ -259,7 +259,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     if parts.owns_detector:
         # Load the model in the background so /healthz answers at once; /readyz waits for it.
-        parts.spawn(_start_detector(parts.detector), "detector-start")
+        region_sets = {p.detection_spec().regions for p in parts.policies.book.policies.values()}
+        parts.spawn(_start_detector(parts.detector, region_sets), "detector-start")
     if settings.reload_interval_seconds > 0 and parts.watch_policies:
         parts.spawn(parts.reloader.watch(settings.reload_interval_seconds), "policy-watch")
     try:
@@ -279,9 +280,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await redis.aclose()
 
 
-async def _start_detector(detector: Detector) -> None:
+async def _start_detector(detector: Detector, region_sets: set[tuple[str, ...]]) -> None:
     try:
-        await detector.start()
+        await detector.start(region_sets)
         log.info("detector ready")
     except Exception as exc:
         log.error("the detector failed to start", extra={"error": type(exc).__name__})

@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cache
@@ -94,7 +94,7 @@ class Detector(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    async def start(self) -> None: ...
+    async def start(self, region_sets: Iterable[tuple[str, ...]] = ((),)) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -245,8 +245,9 @@ def analyze_batch(
     return out
 
 
-def _warm(model: str, language: str, disable: tuple[str, ...]) -> int:
-    _worker_engine(model, language, (), disable)
+def _warm(model: str, language: str, disable: tuple[str, ...], region_sets: tuple[tuple[str, ...], ...]) -> int:
+    for regions in region_sets:
+        _worker_engine(model, language, regions, disable)
     time.sleep(0.2)  # keep this worker busy so the pool starts the next one for the next warm-up task
     return os.getpid()
 
@@ -314,14 +315,16 @@ class PresidioDetector:
             self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
         )
 
-    async def start(self) -> None:
-        """Check the model, start the workers and load the model in each, before reporting ready."""
+    async def start(self, region_sets: Iterable[tuple[str, ...]] = ((),)) -> None:
+        """Check the model, start the workers and build in each the engines the policies will use
+        (one per region set), before reporting ready: no first request pays for building one."""
         check_model(self.model)
         self._pool = self._new_pool()
         loop = asyncio.get_running_loop()
+        regions = tuple(sorted(set(region_sets)))
         await asyncio.gather(
             *(
-                loop.run_in_executor(self._pool, _warm, self.model, self.language, self.disable)
+                loop.run_in_executor(self._pool, _warm, self.model, self.language, self.disable, regions)
                 for _ in range(max(self.workers, 1))
             )
         )

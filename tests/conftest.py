@@ -27,7 +27,14 @@ ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 def detector() -> Iterator[PresidioDetector]:
     """The real Presidio detector, in a thread of the test process, shared by every test."""
     det = PresidioDetector(MODEL, workers=0, timeout=30.0, cache_entries=0)
-    asyncio.run(det.start())
+    asyncio.run(
+        det.start(
+            [
+                tuple(sorted(policy.regions))
+                for policy in load_policy_dir(bundled_policies_dir(), "default").policies.values()
+            ]
+        )
+    )
     yield det
     asyncio.run(det.close())
 
