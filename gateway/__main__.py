@@ -12,6 +12,8 @@ from typing import Any
 from . import logs
 from .crypto import CryptoError
 from .detector import ModelMissing
+from .keys import KeyFileError
+from .policy import PolicyError
 from .settings import Settings, SettingsError, load_settings
 
 
@@ -199,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if sub == "purge":
                 return int(_run(ct.transcripts_purge(settings, args.older_than)))
             return int(_run(ct.transcripts_forget(settings, args.tenant, args.keep_rows)))
-    except (ModelMissing, CryptoError, SettingsError) as exc:
+    except (ModelMissing, CryptoError, SettingsError, PolicyError, KeyFileError) as exc:
         print(f"pii-gateway: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

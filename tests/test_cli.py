@@ -189,3 +189,19 @@ async def test_sighup_reloads_policies(upstream_url: str, tmp_path: Path) -> Non
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+def test_a_broken_policy_or_missing_key_file_stops_start_up_with_the_reason(tmp_path: Path) -> None:
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "default.yaml").write_text("name: default\nentities:\n  PERSON: pseudonymise\n")
+    broken = run_cli("serve", "--policies-dir", str(folder), "--data-dir", str(tmp_path / "d"), "--port", "0")
+    assert broken.returncode == 2
+    assert "default.yaml:3: entities.PERSON.action" in broken.stderr
+    assert "Traceback" not in broken.stderr
+    missing = run_cli(
+        "serve", "--master-key-file", str(tmp_path / "nope.key"), "--data-dir", str(tmp_path / "d"), "--port", "0"
+    )
+    assert missing.returncode == 2
+    assert "nope.key cannot be read" in missing.stderr
+    assert "Traceback" not in missing.stderr
