@@ -1,0 +1,497 @@
+"""PERSON: names that follow a cue, which spaCy's small model misses or reads as something else.
+
+spaCy finds most capitalised full names in running prose. It misses short or lower-case names in chat
+(``hi john``, ``ask priya``), names in greetings and signatures (``Dear Ms. Okonkwo``, ``Regards,\\nLars``),
+names with particles (``Ludwig van der Rohe``, ``María de la Cruz``, ``Mohammed bin Salman``,
+``Aisha al-Farsi``) and names from outside its training data. These rules look at the cue, not at a
+list of names:
+
+* ``greeting``: ``Hi``/``Hello``/``Dear``/``Hey``/``Good morning`` ... at the start of a line or sentence;
+* ``title``: ``Mr``/``Mrs``/``Ms``/``Dr``/``Prof``/``Herr``/``Sra`` ...;
+* ``signature``: ``Best,``/``Regards,``/``Cheers,``/``Thanks,`` with the name closing the line or on the next;
+* ``self_introduction``: ``my name is``, ``I'm``, ``this is``, ``Name:``, ``Customer:``;
+* ``addressed``: ``call``, ``email``, ``ask``, ``tell``, ``cc``, ``thanks``, ``assigned to``, ``signed by`` ...
+
+A name is one to four words, each capitalised (any script that has case), with particles between them
+and initials before them. Lower-case names are taken only after a greeting, a title or a
+self-introduction, and only when spaCy tags the word a proper noun or a noun outside a list of words
+that follow greetings (``hi there``, ``dear team``). Scores: 0.75 after greetings, titles, signatures and
+self-introductions, 0.6 after other cues; lower-case names 0.6.
+
+A name found once is hidden everywhere else in the request by ``Redactor`` (propagation).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+from .rules import RuleRecognizer, phrase_regex, words
+
+ENTITY = "PERSON"
+
+_PARTICLE = (
+    r"(?:van|von|der|den|de|del|della|delle|di|da|du|dos|das|des|la|le|ter|ten|zu|bin|binti|ibn|bint|al|el|abu|"
+    r"y|e|af|av|ní|nic|ó|ua|mac|op|het|te|lo|'t|’t|ter|dem)"
+)
+_WORD = r"[^\W\d_]{1,30}(?:[-'’][^\W\d_]{1,30}){0,3}"
+_INITIALS = r"(?:[A-Z]\.(?:[ \t]?[A-Z]\.){0,2}[ \t]{1,3})"
+_NAME = re.compile(
+    rf"{_INITIALS}?(?P<first>{_WORD})"
+    rf"(?:[ \t]{{1,3}}(?:(?i:{_PARTICLE})[ \t]{{1,3}}){{0,3}}(?:{_INITIALS})?{_WORD}){{0,3}}"
+)
+_SEPARATOR = re.compile(r"[ \t]*(?:,|&|\band\b|\bund\b|\bet\b|\by\b)[ \t]*")
+
+#: Capitalised words that follow cues but are not names.
+NOT_NAMES = words(
+    """all everyone everybody there team teams folks guys gang people friends friend colleague colleagues sir sirs
+    madam madame ma'am mam sir/madam customer customers client clients user users member members support sales
+    service services admin admins manager managers hr it legal finance billing accounts accounting marketing
+    engineering ops devops security helpdesk desk world again back now today tomorrow tonight yesterday here
+    me us them him her you we they he she i it this that these those the a an my our your his their its there
+    what who why how when where which thanks thank regards best cheers sincerely yours kind warm many please
+    monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
+    september october november december morning afternoon evening night day week weekend month year mr mrs ms
+    miss mx dr prof doctor professor sorry hope ok okay yes no not just also so well great good sure fine
+    welcome dear hi hello hey both each any some none nobody someone somebody anyone anybody buddy mate dude bro
+    boss doc honey love darling sweetie babe man guy lady ladies gentlemen chatgpt gpt claude gemini copilot
+    assistant bot ai model system api app google microsoft apple amazon openai anthropic github slack zoom
+    teams email mail phone number tel call text message chat office home work company department n/a na tbd
+    unknown anonymous name first last full surname lastname firstname nickname username required optional
+    ticket order invoice account case issue bug error mom mum dad mother father sister brother grandma grandpa
+    wife husband son daughter uncle aunt then yesterday later so and but when after before finally maybe perhaps
+    apparently unfortunately luckily meanwhile also still everyone's nobody everything something time"""
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Cue:
+    name: str
+    pattern: re.Pattern[str]
+    score: float
+    #: Lower-case names are accepted after this cue (when spaCy agrees the word is a noun).
+    lower: bool = False
+    #: The name must close its line (signatures).
+    end_of_line: bool = False
+    #: "cc Anna, Ben and Chen": read a list of names.
+    lists: bool = False
+    #: The name must close its clause: punctuation, a line end, or "here"/"from"/"speaking" next.
+    closed: bool = False
+    #: The cue must open a line or a sentence ("Hi Anna", but not "say hi to anna").
+    line_start: bool = False
+    #: All-capital names count ("Customer: JOHN SMITH"); elsewhere they are acronyms.
+    caps: bool = False
+    #: spaCy naming the first word something other than a person (a nationality, a place, an
+    #: organisation, a date) vetoes the name: "I'm Canadian", "ask Google".
+    veto: bool = False
+
+
+def _phrases(spec: str) -> str:
+    """A fast case-insensitive regex for ``|``-separated phrases (see ``phrase_regex``)."""
+    return phrase_regex(p.strip() for p in spec.split("|") if p.strip())
+
+
+_GREETINGS = _phrases(
+    """hi|hello|hey|heya|hiya|dear|good morning|good afternoon|good evening|good day|greetings|howdy|hallo|
+    liebe|lieber|liebes|sehr geehrte|sehr geehrter|bonjour|salut|cher|chère|hola|estimado|estimada|ciao|gentile|
+    caro|cara|hej|hoi|beste|olá|oi|welcome|thanks|thank you|many thanks|congratulations|congrats|happy birthday"""
+)
+_TITLES = _phrases(
+    """mr|mrs|ms|miss|mx|dr|prof|professor|sir|dame|mme|mlle|herr|frau|señor|señora|sr|sra|srta|dott|dott.ssa|
+    sig|sig.ra|rev|capt|captain|sgt|lt|col|judge|officer|det|detective|nurse|uncle|aunt|auntie|grandma|grandpa|
+    madame|monsieur|don|doña"""
+)
+_SIGN_OFFS = _phrases(
+    """best|best regards|best wishes|kind regards|warm regards|warmest regards|regards|cheers|thanks|thank you|
+    many thanks|thanks again|thanks so much|sincerely|yours sincerely|yours truly|yours|respectfully|cordially|
+    take care|talk soon|br|kr|mfg|lg|viele grüße|beste grüße|liebe grüße|mit freundlichen grüßen|cordialement|
+    bien à vous|saludos|un saludo|atentamente|cordiali saluti|distinti saluti|groeten|met vriendelijke groet|
+    hälsningar|love|xoxo|signed|sent by"""
+)
+_INTRODUCTIONS = _phrases(
+    """my name is|my name's|my name’s|name is|je m'appelle|ich heiße|me llamo|mi chiamo|known as|goes by|
+    mein name ist|je suis|mi nombre es|sono"""
+)
+#: Weaker introductions: the name must close its clause ("This is Maria.", "it is Gregory here").
+_SHORT_INTRODUCTIONS = _phrases("i am|i'm|i’m|this is|it's|it’s|it is|ich bin|named|called|speaking with|here is")
+#: Labels in forms, tickets and CRM notes. Those that are also everyday words need their colon.
+_LABEL_PHRASES = """name|full name|first name|last name|surname|from|to|cc|bcc|attn|attention|signed|author|owner|
+    assignee|reporter|requester|requestor|contact|user|member|driver|passenger|student|candidate|sender|recipient|
+    beneficiary|payee|guest|buyer|seller|emergency contact|next of kin|new hire|employee name|contact name|
+    customer name|client name|patient name|account name|holder|account holder|cardholder|card holder|lead|
+    prospect|partner|spouse|manager|supervisor|doctor|physician|agent|rep|representative|technician|
+    interviewer|interviewee|witness|person|parent|guardian|child|speaker|host|organizer|attendee|
+    participant|approver|reviewer|director|producer|by|directed by|written by|produced by|deceased|insured|
+    policyholder|policy holder|employer contact|landlord|tenant|client contact|billing contact"""
+_ROLE_PHRASES = """customer|client|patient|contact person|applicant|employee|tenant|landlord|caller|account holder|
+    cardholder|new hire|reporter|requester|assignee|candidate|beneficiary|customer contact|point of contact|
+    primary contact|main contact|billing contact|technical contact|emergency contact"""
+_ROLES = _phrases(_ROLE_PHRASES)
+_LABELS_AND_ROLES = _phrases(_LABEL_PHRASES + "|" + _ROLE_PHRASES)
+_ADDRESSED = _phrases(
+    """call|email|e-mail|ask|tell|told|contact|ping|cc|bcc|meet|met|invite|thank|thanks|remind|
+    notify|said|says|asked|replied|wrote to|write to|reply to|answer to|respond to|responded to|send to|sent to|
+    forward to|forwarded to|forward it to|forward this to|send it to|send this to|send them to|reach out to|
+    talk to|talked to|speak to|speak with|spoke to|spoke with|talked with|met with|meeting with|meet with|
+    call with|chat with|chatted with|follow up with|followed up with|check with|checked with|sync with|
+    catch up with|interview with|appointment with|assigned to|approved by|signed by|reported by|requested by|
+    written by|created by|opened by|submitted by|on behalf of|message from|email from|mail from|letter from|
+    call from|note from|reply from|feedback from|request from|invitation from|married to|son of|daughter of|
+    wife of|husband of|reminder to|note to|letter to|introduce|introduced|welcome|congratulate|hand over to|
+    handed over to|escalate to|escalated to|transfer to|transferred to|ask for|asking for|looking for|
+    my wife|my husband|my partner|my son|my daughter|my mother|my father|my mom|my mum|my dad|my brother|
+    my sister|my friend|my boss|my manager|my colleague|my coworker|my doctor|my lawyer|my landlord|
+    our colleague|your colleague|his wife|her husband|their son|their daughter|assistant to|secretary to|
+    engaged to|reporting to|reports to|directed by|produced by|performed by|sung by|composed by|narrated by|
+    illustrated by|edited by|photo by|photographed by|authored by|presented by|hosted by|starring|featuring|
+    paperwork for|invoice for|ticket for|booking for|reservation for|appointment for|prescription for|
+    records for|record for|profile for|application for|contract for|payslip for|offer letter for|badge for|
+    visa for|referral for|certificate for|birthday of|funeral of|wedding of"""
+)
+#: After the name: "Alfio will call", "Gregory wrote:", "Jane Doe <jane@example.com>".
+_SPEAKER_VERBS = _phrases(
+    """said|says|wrote|writes|asked|asks|replied|replies|called|emailed|texted|mentioned|confirmed|told|explained|
+    reported|noted|added|responded|answered|will call|will email|will send|will reply|will contact|is calling|
+    called in|signed|approved|requested|complained|wants|needs|prefers|lives|lived|moved|paid|ordered|booked|
+    joined|spent|grew up|was born|works at|works for|worked at|worked for|studied|graduated"""
+)
+
+CUES: tuple[Cue, ...] = (
+    Cue("greeting", re.compile(rf"{_GREETINGS}[ \t]*,?[ \t]+"), 0.85, lower=True, lists=True, line_start=True),
+    Cue("title", re.compile(rf"{_TITLES}(?:\.[ \t]*|[ \t]+)(?=\S)"), 0.85, lower=True),
+    Cue("title", re.compile(r"M\.(?<![\w.]M\.)[ \t]*(?=[A-Z])"), 0.85),
+    Cue("signature", re.compile(rf"{_SIGN_OFFS}[ \t]*[,!.:–-]?[ \t]*(?:\r?\n[ \t]*(?:--[ \t]*\r?\n[ \t]*)?|[ \t]+)"),
+        0.85, lower=True, end_of_line=True, line_start=True),
+    Cue("self_introduction", re.compile(rf"{_INTRODUCTIONS}[ \t]+"), 0.85, lower=True, lists=True, veto=True),
+    Cue("short_introduction", re.compile(rf"{_SHORT_INTRODUCTIONS}[ \t]+"), 0.7, veto=True, closed=True),
+    Cue("form_label", re.compile(rf"{_LABELS_AND_ROLES}(?:[ \t]*:|=)[ \t]*"), 0.85, lists=True, veto=True, caps=True),
+    Cue("role", re.compile(rf"{_ROLES}(?:[ \t]+is)?[ \t]+"), 0.7, veto=True),
+    Cue("addressed", re.compile(rf"{_ADDRESSED}[ \t,]+"), 0.6, lists=True, veto=True),
+)  # fmt: skip
+_LINE_OPENERS = frozenset(".!?;:>\n")
+
+
+#: Titles that are never ordinary words, so that they count in lower case too ("dr. okafor").
+_SHORT_TITLES = words("mr mrs ms mx dr prof mme mlle sr sra srta herr frau dott")
+
+
+def _bare_title(cue: str) -> str:
+    return cue.strip().rstrip(".").strip().lower()
+
+
+def _opens(text: str, pos: int, openers: str | frozenset[str]) -> bool:
+    """Only spaces or tabs between ``pos`` and the start of the text or one of ``openers``."""
+    i = pos
+    while i > 0 and text[i - 1] in " \t" and pos - i < 40:
+        i -= 1
+    return i == 0 or text[i - 1] in openers
+
+
+#: A capitalised word starting a word; the look-behind comes after the first letter so that the regex
+#: engine can skip to capital letters (see ``phrase_regex``).
+_CAP_START = r"[A-ZÀ-ÖØ-ÞĀ-Ž](?<![\w'’.-].)"
+_CAP_REST = r"[^\W\d_]{0,30}(?:[-'’][^\W\d_]{1,30})?"
+_CAPITALISED = rf"[A-ZÀ-ÖØ-ÞĀ-Ž]{_CAP_REST}"
+_CAPITALISED_NAME = rf"{_CAP_START}{_CAP_REST}(?:[ \t](?:{_PARTICLE}[ \t]){{0,3}}{_CAPITALISED}){{0,2}}"
+#: What follows a name and shows it is one. Each trigger is found first (they are rarer than capitalised
+#: words), then the name is looked for right before it: ``NAME_BEFORE`` ends where the trigger starts.
+_NAME_BEFORE = re.compile(rf"(?P<name>{_CAPITALISED_NAME})[ \t]{{0,2}}$")
+#: "Alfio will call", "Gregory wrote".
+SPEAKER = re.compile(rf"(?<=[ \t]){_SPEAKER_VERBS}\b")
+#: "Nathan, your card was declined", "Sue, can I ...": direct address opening a sentence, line or quote.
+VOCATIVE = re.compile(
+    r",[ \t]+"
+    + _phrases("you|your|can|could|would|will|please|thanks|thank|i|i'm|we|just|hope|are|did|do|have|let|sorry|welcome")
+    + r"\b"
+)
+#: "Nichole: You saved my life!": a speaker's turn in a pasted conversation.
+TURN = re.compile(r":[ \t]*(?=[\"“]|[A-Z][a-z'’]*[ ,.!?])")
+#: "Carine's address", "Tom's wife": a possessive before a word only people have.
+POSSESSIVE = re.compile(
+    r"['’]s[ \t]+(?:home[ \t]+)?"
+    + phrase_regex(
+        [
+            *words(
+                """address phone number mobile cell email e-mail birthday dob ssn wife husband partner son daughter
+                kids children mom mum mother dad father brother sister boss manager password salary cv resume
+                passport diagnosis prescription payslip"""
+            ),
+            "date of birth",
+        ]
+    )
+    + r"\b"
+)
+#: "Colette Roux <croux@vasseur.fr>", "Ise Hazenveld (ihazenveld@x.com)": a name before its e-mail address.
+EMAIL_AFTER = re.compile(r"[<(\[][^\s@<>()\[\]]{1,64}@")
+#: A postal block: a line holding only a name, then (maybe after a blank line) an address line.
+ADDRESS_LINE_AFTER = re.compile(
+    r"\r?\n(?:[ \t]*\r?\n)?[ \t]*(?=\d{1,6}[a-zA-Z]?[ ,]|(?:Flat|Apt|Apartment|Unit|Suite|c/o)\b"
+    r"|P\.?[ \t]?O\.?[ \t]?Box|USNS|USS|USNV|PSC)"
+)
+#: Words that open a line as a label rather than a speaker ("Note:", "Output:").
+NOT_SPEAKERS = words(
+    """note notes subject error errors warning warnings info debug summary address output input usage example
+    examples solution answer question step result results status reason description title date time location
+    phone email name total price update edit source reference tip hint important caution todo fixme q a user
+    assistant system human ai bot me you customer agent support problem issue fix cause context goal task
+    request response body header headers query command steps expected actual environment version details
+    comment comments feedback review action actions owner priority severity type category tags label labels
+    traceback exception log logs stack trace file path url link code test tests case cases license copyright
+    author authors maintainer homepage keywords requires platform classifier appendix section chapter part"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    name: str
+    pattern: re.Pattern[str]
+    #: Where the name must start: anywhere (""), or after only spaces from one of these characters.
+    openers: str = ""
+    #: The name is one word (conversation turns).
+    single: bool = False
+
+
+FOLLOWED: tuple[Trigger, ...] = (
+    Trigger("speaker", SPEAKER),
+    Trigger("vocative", VOCATIVE, ".!?\n\"“«'"),
+    Trigger("conversation_turn", TURN, "\n", single=True),
+    Trigger("name_before_email", EMAIL_AFTER),
+    Trigger("possessive", POSSESSIVE),
+    Trigger("postal_block", ADDRESS_LINE_AFTER, "\n"),
+)
+_CLAUSE_END = re.compile(r"[ \t]*(?:$|\r?\n|[,.!?;:)—–-]|(?:here|from|speaking|calling|again|and)\b)")
+_LABEL_WORDS = NOT_SPEAKERS | frozenset(
+    w for spec in (_LABEL_PHRASES, _ROLE_PHRASES) for w in re.findall(r"[^\W\d_]+", spec) if len(w) > 2
+)
+_COMPANY_WORDS = words(
+    """inc ltd llc gmbh corp corporation co company ag sa sas sarl bv nv plc group bank team university college
+    school hospital clinic foundation institute association agency labs lab systems solutions services
+    technologies partners holdings consulting"""
+)
+#: spaCy labels that veto a name found by a weak cue. Not ORG (the small model calls many names ORG), and
+#: not GPE/LOC (a place is hidden as LOCATION anyway; "Jordan", "Sydney" are names too), not PRODUCT
+#: (it calls "Costantino" one). NORP only for nationality words (``DEMONYMS``: "I'm Canadian"); the small
+#: model also calls "Maria" NORP.
+_VETO_LABELS = frozenset(
+    {"DATE", "TIME", "CARDINAL", "ORDINAL", "LANGUAGE", "MONEY", "PERCENT", "QUANTITY", "LAW", "EVENT"}
+)
+#: Nationality and group words, for the NORP veto ("I'm Canadian"); names that spaCy calls NORP stay.
+DEMONYMS = words(
+    """american canadian mexican brazilian argentinian chilean colombian peruvian cuban british english scottish
+    welsh irish french german dutch belgian swiss austrian italian spanish portuguese greek turkish polish czech
+    slovak hungarian romanian bulgarian serbian croatian ukrainian russian swedish norwegian danish finnish
+    icelandic estonian latvian lithuanian chinese japanese korean vietnamese thai filipino indonesian malaysian
+    indian pakistani bangladeshi iranian iraqi israeli palestinian lebanese syrian saudi egyptian moroccan
+    algerian tunisian nigerian kenyan ethiopian ghanaian african asian european australian kiwi muslim christian
+    jewish hindu buddhist catholic protestant sikh atheist democrat republican latino latina hispanic arab"""
+)
+
+#: For names found by what follows them (a verb, an e-mail address): capitalised only, spaCy may veto.
+_FOLLOWED = Cue("followed", re.compile(""), 0.65, veto=True)
+#: Parts of speech a capitalised name does not have ("Therefore, we ...", "Alternatively, you ...").
+_NOT_NAME_POS = frozenset({"ADV", "ADP", "DET", "PRON", "CCONJ", "SCONJ", "AUX", "VERB", "INTJ", "PART", "NUM"})
+_LOWER_OK_POS = frozenset({"PROPN", "NOUN", "ADJ", "X"})
+
+
+class PersonCueRecognizer(RuleRecognizer):
+    """Names after greetings, titles, signatures, introductions and verbs of address; see the module docstring."""
+
+    def __init__(self, language: str) -> None:
+        super().__init__(ENTITY, (), name="PersonCueRecognizer", language=language)
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[RecognizerResult]:
+        if entities and ENTITY not in entities:
+            return []
+        tokens = _token_index(nlp_artifacts)
+        found = list(self.spans(text, tokens))
+        results = [self.result(s, e, score, cue) for s, e, score, cue in found]
+        names = [(s, e) for s, e, _, _ in found]
+        # Parts only of names a cue vouches for: spaCy's PERSON spans in code and tables ("True True") are not.
+        results += [self.result(s, e, 0.6, "name_part_repeated") for s, e in _name_parts(text, names)]
+        doc = getattr(nlp_artifacts, "tokens", None)
+        if doc is not None:
+            names += [(ent.start_char, ent.end_char) for ent in doc.ents if ent.label_ == "PERSON"]
+        results += [self.result(s, e, 0.6, "name_list") for s, e in _name_lists(text, names, tokens)]
+        return list(EntityRecognizer.remove_duplicates(results))
+
+    def spans(self, text: str, tokens: dict[int, Any]) -> Iterator[tuple[int, int, float, str]]:
+        for cue in CUES:
+            for m in cue.pattern.finditer(text):
+                if cue.line_start and not _opens(text, m.start(), _LINE_OPENERS):
+                    continue
+                if cue.name == "title" and m.group()[0].islower() and _bare_title(m.group()) not in _SHORT_TITLES:
+                    continue  # "a cache miss. Restore": lower-case "miss", "judge", "officer" are words
+                pos = m.end()
+                found = _name_at(text, pos, cue, tokens)
+                while found is not None:
+                    start, end, score = found
+                    yield start, end, score, cue.name
+                    if not cue.lists:
+                        break
+                    sep = _SEPARATOR.match(text, end)
+                    if sep is None or sep.end() == end:
+                        break
+                    found = _name_at(text, sep.end(), cue, tokens, capitalised_only=True)
+        for trigger in FOLLOWED:
+            for m in trigger.pattern.finditer(text):
+                before = _NAME_BEFORE.search(text, max(0, m.start() - 100), m.start())
+                if before is None:
+                    continue
+                start, end = before.span("name")
+                if trigger.single:
+                    start = end - len(before.group("name").split()[-1])
+                if trigger.openers and not _opens(text, start, trigger.openers):
+                    continue
+                if trigger.name == "conversation_turn" and text[start:end].lower() in _LABEL_WORDS:
+                    continue
+                found = _name_at(text, start, _FOLLOWED, tokens, limit=end)
+                if found is not None:
+                    yield found[0], found[1], found[2], trigger.name
+
+
+def _name_parts(text: str, names: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Where a full name was found ("Erle Olsen"), its parts alone elsewhere in the text ("... calls me Erle").
+
+    ``Redactor`` propagates whole values across the request; the parts of a name are found here.
+    """
+    parts: set[str] = set()
+    for start, end in names:
+        words = re.findall(r"[^\W\d_][^\W\d_'’-]*(?:[-'’][^\W\d_]+)*", text[start:end])
+        if len(words) < 2:
+            continue
+        parts.update(
+            w for w in words if len(w) >= 3 and w[0].isupper() and w.lower() not in NOT_NAMES and not _is_particle(w)
+        )
+    if not parts:
+        return
+    pattern = re.compile(
+        r"(?<![\w'’-])(?:" + "|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True)) + r")(?![\w'’-])"
+    )
+    for m in pattern.finditer(text):
+        if not any(s <= m.start() < e for s, e in names):
+            yield m.start(), m.end()
+
+
+_LIST_ITEM = rf"{_CAP_START}{_CAP_REST}"
+#: "Lapresse, Morris and Wright": three or more capitalised words in a list.
+NAME_LIST = re.compile(
+    rf"{_LIST_ITEM}(?:[ \t]*,[ \t]*{_CAPITALISED}){{1,8}},?[ \t]+(?:and|&|und|et|y|e|or)[ \t]+{_CAPITALISED}(?![\w'’-])"
+)
+
+
+def _name_lists(text: str, names: list[tuple[int, int]], tokens: dict[int, Any]) -> Iterator[tuple[int, int]]:
+    """The other items of a list of single words one of which is a name found by a rule or by spaCy."""
+    for m in NAME_LIST.finditer(text):
+        items = [(w.start(), w.end()) for w in re.finditer(r"[^\W\d_][^\W\d_'’-]*(?:[-'’][^\W\d_]+)*", m.group())]
+        items = [
+            (m.start() + a, m.start() + b)
+            for a, b in items
+            if m.group()[a:b] not in ("and", "und", "et", "y", "e", "or")
+        ]
+        if not any(any(s <= a < e for s, e in names) for a, _ in items):
+            continue
+        for a, b in items:
+            word = text[a:b]
+            token = tokens.get(a)
+            if word.lower() in NOT_NAMES or (token is not None and token.ent_type_ in _VETO_LABELS | {"GPE", "ORG"}):
+                continue
+            if not any(s <= a < e for s, e in names):
+                yield a, b
+
+
+def _is_particle(word: str) -> bool:
+    return re.fullmatch(_PARTICLE, word, re.IGNORECASE) is not None
+
+
+def _token_index(nlp_artifacts: Any) -> dict[int, Any]:
+    doc = getattr(nlp_artifacts, "tokens", None)
+    if doc is None:
+        return {}
+    return {token.idx: token for token in doc}
+
+
+def _name_at(
+    text: str, pos: int, cue: Cue, tokens: dict[int, Any], *, capitalised_only: bool = False, limit: int | None = None
+) -> tuple[int, int, float] | None:
+    m = _NAME.match(text, pos, limit if limit is not None else len(text))
+    if m is None:
+        return None
+    words = list(re.finditer(r"\S+", m.group()))
+    kept_end = 0
+    lower_name = False
+    for i, w in enumerate(words):
+        word = w.group()
+        bare = word.strip(".,").lower()
+        if bare in NOT_NAMES:
+            break
+        if word[0].isupper() or re.match(r"[A-Z]\.", word):
+            if lower_name:
+                break  # "john Smith": mixed case is two things
+            kept_end = w.end()
+        elif re.fullmatch(_PARTICLE, bare, re.IGNORECASE) and i > 0:
+            continue
+        elif i == 0 and cue.lower and not capitalised_only and _lower_name_ok(m.start() + w.start(), bare, tokens):
+            kept_end = w.end()
+            lower_name = True
+        else:
+            break
+    if kept_end == 0:
+        return None
+    first = tokens.get(m.start("first"))
+    if (
+        cue.veto
+        and first is not None
+        and (first.ent_type_ in _VETO_LABELS or (first.ent_type_ == "NORP" and first.text.lower() in DEMONYMS))
+    ):
+        return None
+    if cue.veto and first is not None and first.pos_ in _NOT_NAME_POS:
+        return None
+    kept = m.group()[:kept_end].split()
+    if kept[-1].strip(".,").lower() in _COMPANY_WORDS:
+        return None  # "Acme Holdings", "Royal Bank"
+    if not cue.caps and all(w.isupper() and len(w.strip(".")) > 1 for w in kept):
+        return None  # "BESTBUY", "ABC", "APPENDIX": acronyms and shouted words, not names
+    if any(_is_identifier(w) for w in kept):
+        return None  # "AnthropicGoogleCloud", "ValueError", "OpenBLAS": identifiers
+    if text.startswith(("(", "["), m.start() + kept_end):
+        return None  # "Client(", "List[str]": code
+    start, end = m.start(), m.start() + kept_end
+    while end > start and text[end - 1] in ".,'’":
+        if text[end - 1] == "." and re.search(r"(?:^|[ \t])[A-Z]\.$", text[start:end]):
+            break  # keep the dot of a final initial
+        end -= 1
+    if cue.end_of_line and not re.match(r"[ \t]*(?:$|\r?\n|[,|–-])", text[end : end + 8]):
+        return None
+    if cue.closed and not _CLAUSE_END.match(text, end):
+        return None
+    return start, end, 0.6 if lower_name else cue.score
+
+
+_CAMEL = re.compile(r"^([A-Z]?[a-z]+)[A-Z]")
+#: Name prefixes before an inner capital: McDonald, MacArthur, DeAngelo, LaToya, DiCaprio, FitzGerald, JoAnn.
+_INNER_CAPITAL_PREFIXES = words("mc mac de di da la le van von fitz o jo mary ann lu st du del")
+
+
+def _is_identifier(word: str) -> bool:
+    """CamelCase or mixed capitals inside a word (``ValueError``, ``OpenBLAS``), unless a name prefix explains it."""
+    word = word.strip(".,'’")
+    if re.search(r"[a-z][A-Z]{2,}", word):
+        return True
+    camel = _CAMEL.match(word)
+    return camel is not None and camel.group(1).lower() not in _INNER_CAPITAL_PREFIXES
+
+
+def _lower_name_ok(start: int, word: str, tokens: dict[int, Any]) -> bool:
+    """A lower-case word after a greeting or a title is a name when spaCy sees a noun that is no common word."""
+    token = tokens.get(start)
+    if token is None or len(word) < 2 or word in NOT_NAMES:
+        return False
+    return bool(token.pos_ in _LOWER_OK_POS and not token.is_stop and token.is_alpha)
+
+
+def recognizers(language: str) -> list[RuleRecognizer]:
+    return [PersonCueRecognizer(language)]
