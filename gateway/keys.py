@@ -10,12 +10,12 @@ re-reads it on change never sees half a file.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import os
 import re
 import secrets
+import string
 import tempfile
 import time
 from collections.abc import Mapping
@@ -26,6 +26,7 @@ from typing import Literal
 import yaml
 
 Role = Literal["client", "admin"]
+SECRET_ALPHABET = string.ascii_letters + string.digits
 KEY_SHAPE = re.compile(r"^pgw_([0-9a-f]{8})_[A-Za-z0-9_\-]{43}$")
 
 
@@ -104,7 +105,8 @@ class KeyRing:
             key_id = secrets.token_hex(4)
             if key_id not in self.records:
                 break
-        secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        # 43 characters of [A-Za-z0-9] carry 256 bits, and without "_" or "-" the key splits one way only
+        secret = "".join(secrets.choice(SECRET_ALPHABET) for _ in range(43))
         key = f"pgw_{key_id}_{secret}"
         now = time.time()
         record = KeyRecord(
