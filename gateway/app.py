@@ -30,20 +30,19 @@ from .api.anthropic import MESSAGES
 from .api.chat import CHAT, COMPLETIONS
 from .api.embeddings import EMBEDDINGS
 from .api.responses import RESPONSES
-from .crypto import load_key_provider
 from .detector import Detector, PresidioDetector
-from .envelope import DataKeys
+from .envelope import DataKeys, data_keys_for
 from .errors import GatewayError, MethodNotAllowed, NotFound, Overloaded, PayloadTooLarge
 from .keys import KeyRing
 from .limits import Admission, RateLimiter
 from .metrics import Metrics
 from .pipeline import Gateway, error_response, handle, handle_models
 from .policy import PolicyBook, load_policy_dir
+from .protocol import handler_args
 from .redaction import Redactor
 from .reloader import KeyHolder, PolicyHolder, Reloader
 from .settings import Settings
 from .spool import Spool
-from .store import open_store
 from .tls import refuse_private_upstreams, upstream_ssl_context
 from .transcripts import TranscriptRecorder
 from .upstream import Router, UpstreamClient
@@ -139,17 +138,14 @@ def create_app(
         default_policy=settings.default_policy,
         metrics=metrics,
     )
-    provider, _dev_key = load_key_provider(
-        settings.master_key.reveal() if settings.master_key else None,
-        settings.master_key_file,
-        settings.data_dir,
-        settings.production,
-    )
-    store = open_store(settings.transcripts.dsn.reveal() if settings.transcripts.dsn else None, settings.data_dir)
-    data_keys = DataKeys(store, provider)
+    data_keys = data_keys_for(settings)
     recorder = (
         TranscriptRecorder(
-            store, data_keys, Spool(settings.data_dir / "spool", provider), settings.transcripts, metrics
+            data_keys.store,
+            data_keys,
+            Spool(settings.data_dir / "spool", data_keys.provider),
+            settings.transcripts,
+            metrics,
         )
         if settings.transcripts.enabled
         else None
@@ -157,7 +153,7 @@ def create_app(
     app = web.Application(
         middlewares=[_errors_middleware],
         client_max_size=settings.limits.max_body_bytes,
-        handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024},
+        handler_args=handler_args(settings.limits.header_read_seconds, settings.limits.max_header_bytes),
     )
     app[PARTS] = Parts(
         settings=settings,

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .crypto import CryptoError, key_id_of, load_key_provider
-from .envelope import DataKeys
+from .crypto import CryptoError, key_id_of
+from .envelope import DataKeys, data_keys_for
 from .keys import parse_duration
 from .settings import Settings
 from .spool import fsync_dir
-from .store import Query, TranscriptRow, TranscriptStore, open_store
+from .store import Query, TranscriptRow, TranscriptStore
 from .transcripts import TranscriptReader
 
 
@@ -33,15 +33,9 @@ def _key_file(settings: Settings) -> Path | None:
 
 
 async def _open(settings: Settings) -> tuple[TranscriptStore, DataKeys]:
-    provider, _ = load_key_provider(
-        settings.master_key.reveal() if settings.master_key else None,
-        settings.master_key_file,
-        settings.data_dir,
-        settings.production,
-    )
-    store = open_store(settings.transcripts.dsn.reveal() if settings.transcripts.dsn else None, settings.data_dir)
-    await store.open()
-    return store, DataKeys(store, provider)
+    keys = data_keys_for(settings)
+    await keys.store.open()
+    return keys.store, keys
 
 
 def parse_time(text: str | None) -> float | None:

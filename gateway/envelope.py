@@ -15,8 +15,9 @@ import os
 import secrets
 import time
 
-from .crypto import CryptoError, KeyProvider, data_key_aad, hkdf
-from .store import DataKeyRow, TranscriptStore
+from .crypto import CryptoError, KeyProvider, data_key_aad, hkdf, load_key_provider
+from .settings import Settings
+from .store import DataKeyRow, TranscriptStore, open_store
 
 
 class TenantKeyDestroyed(CryptoError):
@@ -98,3 +99,19 @@ class DataKeys:
         for row in await self.store.data_keys():
             counts[row.master_key_id] = counts.get(row.master_key_id, 0) + 1
         return counts
+
+
+def data_keys_for(settings: Settings) -> DataKeys:
+    """The master keys and the transcript store the settings name, as DataKeys (``.provider``, ``.store``).
+
+    The store is not opened yet. Without a configured master key outside production, this
+    creates or reuses the dev key in the data dir and warns (see ``load_key_provider``).
+    """
+    provider, _dev_key = load_key_provider(
+        settings.master_key.reveal() if settings.master_key else None,
+        settings.master_key_file,
+        settings.data_dir,
+        settings.production,
+    )
+    store = open_store(settings.transcripts.dsn.reveal() if settings.transcripts.dsn else None, settings.data_dir)
+    return DataKeys(store, provider)

@@ -12,6 +12,7 @@ The tree::
     │   └── WeakerPolicy              403  a request asked for a policy weaker than its key's
     ├── RequestTimeout                408  the body did not arrive in time (slow uploads)
     ├── PayloadTooLarge               413  body, messages or characters over the limits
+    ├── HeadersTooLarge               431  a header line over the limit, or too many headers
     ├── RateLimited                   429  a per-key concurrency or rate limit (Retry-After)
     ├── Overloaded                    503  the overall concurrency cap (Retry-After)
     ├── NotFound                      404  an endpoint the gateway does not scan is never forwarded
@@ -116,6 +117,13 @@ class PayloadTooLarge(GatewayError):
     type = "invalid_request_error"
     code = "payload_too_large"
     anthropic_type = "request_too_large"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+    anthropic_type = "invalid_request_error"
 
 
 class RequestTimeout(GatewayError):

@@ -24,6 +24,7 @@ from aiohttp import web
 from .app import PARTS, create_admin_app, create_app
 from .detector import check_model
 from .echo_upstream import start_echo_upstream
+from .protocol import GatewayAppRunner
 from .settings import Settings, SettingsError
 from .tls import server_tls
 
@@ -46,7 +47,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
 
     app = create_app(settings)
     parts = app[PARTS]
-    runner = web.AppRunner(
+    runner = GatewayAppRunner(
         app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True
     )
     await runner.setup()
@@ -55,7 +56,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     await site.start()
     admin_runner = None
     if settings.admin.port is not None:
-        admin_runner = web.AppRunner(create_admin_app(app), access_log=None)
+        admin_runner = GatewayAppRunner(create_admin_app(app), access_log=None)
         await admin_runner.setup()
         await web.TCPSite(admin_runner, settings.admin.host, settings.admin.port).start()
     log.info(

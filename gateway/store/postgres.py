@@ -13,8 +13,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from . import DataKeyRow, Query, StoreUnavailable, TranscriptRow
-from .sqlite import COLUMNS, where
+from . import COLUMNS, DataKeyRow, Query, StoreUnavailable, TranscriptRow, where
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transcripts (

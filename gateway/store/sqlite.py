@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from . import DataKeyRow, Query, StoreUnavailable, TranscriptRow
+from . import COLUMNS, DataKeyRow, Query, StoreUnavailable, TranscriptRow, where
 
 T = TypeVar("T")
 
@@ -50,11 +50,6 @@ CREATE TABLE IF NOT EXISTS data_keys (
 );
 """
 
-COLUMNS = (
-    "id, created, tenant, route, status, outcome, model, policy, stream, input_tokens, output_tokens, "
-    "entity_counts, duration_ms, detect_ms, schema_version, content"
-)
-
 
 def row_values(r: TranscriptRow) -> tuple[Any, ...]:
     return (
@@ -70,31 +65,6 @@ def to_row(v: Sequence[Any]) -> TranscriptRow:
         stream=bool(v[8]), input_tokens=v[9], output_tokens=v[10], entity_counts=orjson.loads(v[11]),
         duration_ms=v[12], detect_ms=v[13], schema_version=v[14], content=bytes(v[15]) if v[15] is not None else None,
     )  # fmt: skip
-
-
-def where(query: Query, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
-    """The WHERE clause for a query, shared by both backends (placeholder style differs)."""
-    clauses: list[str] = []
-    params: list[Any] = []
-
-    def add(sql: str, value: Any) -> None:
-        params.append(value)
-        clauses.append(sql.format(p=placeholder(len(params))))
-
-    if query.since is not None:
-        add("created >= {p}", query.since)
-    if query.until is not None:
-        add("created < {p}", query.until)
-    if query.tenant is not None:
-        add("tenant = {p}", query.tenant)
-    if query.model is not None:
-        add("model = {p}", query.model)
-    if query.status is not None:
-        add("status = {p}", query.status)
-    if query.after is not None:
-        params.extend(query.after)
-        clauses.append(f"(created, id) > ({placeholder(len(params) - 1)}, {placeholder(len(params))})")
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 class SqliteStore:
