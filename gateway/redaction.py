@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,7 +26,7 @@ import orjson
 
 from .detector import Detector, Finding
 from .errors import PolicyBlocked
-from .placeholders import Redactions, json_escaped, placeholders_in
+from .placeholders import Redactions, json_escaped, placeholders_in, restored_spans
 from .policy import Action, MaskSpec, Policy
 
 
@@ -107,6 +107,30 @@ class Redactor:
             if per_slot:
                 slot.write(self._rewrite(slot, per_slot, policy, redactions, hash_key))
         return redactions
+
+    def remember_answers(
+        self, texts: Sequence[str], redactions: Redactions, table: Mapping[str, str], policy: Policy
+    ) -> None:
+        """Tell the detector what it would find in these answers once restored, so the next turn is free.
+
+        ``texts`` are an answer's messages as the upstream wrote them, with this request's placeholders;
+        ``table`` is what the client got restored (empty when the policy does not restore). A client
+        re-sends each message as it got it, as an assistant turn of its next request; analysing it again
+        would cost as much as a new message, turn after turn. Its findings are known already: the values
+        that restoration put back, with their entity types. Whatever else the text holds came from the
+        upstream, so sending it back tells the upstream nothing new.
+        """
+        if policy.detects_nothing:
+            return
+        spec = policy.detection_spec()
+        for text in texts:
+            restored, spans = restored_spans(text, table)
+            findings = []
+            for start, end, placeholder in spans:
+                entity_type = redactions.entity_type(placeholder)
+                if entity_type is not None:
+                    findings.append(Finding(start, end, entity_type, 1.0, "restored_answer"))
+            self.detector.remember(restored, spec, findings)
 
     def _resolve(self, slot: Slot, findings: list[Finding], policy: Policy) -> list[Span]:
         kept: list[Span] = []
@@ -232,37 +256,98 @@ def _winner(cluster: list[Span], end: int) -> Span:
     return Span(cluster[0].start, end, best.entity_type, best.action, best.score)
 
 
+#: Parts of a name that identify nobody on their own: particles, titles and suffixes.
+_NAME_PARTICLES = frozenset(
+    (
+        *("van", "von", "der", "den", "de", "del", "della", "di", "da", "das", "dos", "du", "la", "le"),
+        *("al", "el", "bin", "ibn", "ben", "mac", "mr", "mrs", "ms", "miss", "dr", "prof", "sir", "jr", "sr"),
+    )
+)
+
+
+def _name_parts(entity_type: str, value: str) -> tuple[str, ...]:
+    """The capitalised words of a several-word PERSON value: "Maria van der Berg" -> "Maria", "Berg".
+
+    A name written in full once is often written in part later ("Thanks, Maria"): hiding the parts
+    wherever they recur keeps the later mention from leaking. Only capitalised words of three or more
+    letters are taken, so particles and initials are never propagated on their own.
+    """
+    if entity_type != "PERSON":
+        return ()
+    words = value.split()
+    if len(words) < 2:
+        return ()
+    return tuple(
+        w for w in words if len(w) >= 3 and w[0].isupper() and w.isalpha() and w.lower() not in _NAME_PARTICLES
+    )
+
+
 def _propagate(slots: Sequence[Slot], spans: list[list[Span]]) -> list[list[Span]]:
-    """Add a span wherever a value found anywhere in the request appears again as a whole word."""
+    """Add a span wherever a value found anywhere in the request appears again as a whole word.
+
+    Parts of names count as values too (see ``_name_parts``).
+    """
     found: dict[str, Span] = {}
     for slot, per_slot in zip(slots, spans, strict=True):
         for span in per_slot:
             if span.action is Action.ALLOW:
                 continue
             value = _value(slot, span.start, span.end)
-            if len(value.strip()) >= 2:
-                previous = found.get(value)
-                if previous is None or span.action.strength > previous.action.strength:
-                    found[value] = span
+            for needle in (value, *_name_parts(span.entity_type, value)):
+                if len(needle.strip()) >= 2:
+                    previous = found.get(needle)
+                    if previous is None or span.action.strength > previous.action.strength:
+                        found[needle] = span
     if not found:
         return spans
-    values = sorted(found, key=len, reverse=True)
+    # Per slot kind (plain text or JSON source), each value as it is written there, indexed by its first
+    # word: a value found at a word boundary starts with a whole word of the text, so only the values
+    # whose first word the slot has are searched for. (Compiling a regex of the values for every slot,
+    # as this did before, cost tens of milliseconds on the event loop for a 40-message conversation.)
+    index_by_kind: dict[str, tuple[dict[str, list[tuple[str, str]]], list[tuple[str, str]]]] = {}
     out: list[list[Span]] = []
     for slot, per_slot in zip(slots, spans, strict=True):
-        needles = {json_escaped(v) if slot.kind == "json" else v: v for v in values}
-        present = [n for n in needles if n in slot.text]
-        if not present:
-            out.append(per_slot)
-            continue
-        pattern = re.compile(
-            r"(?<!\w)(?:" + "|".join(re.escape(n) for n in sorted(present, key=len, reverse=True)) + r")(?!\w)"
-        )
-        extra = []
-        for m in pattern.finditer(slot.text):
-            origin = found[needles[m.group(0)]]
-            extra.append(Span(m.start(), m.end(), origin.entity_type, origin.action, origin.score))
-        out.append(_merge([*per_slot, *extra]))
+        index = index_by_kind.get(slot.kind)
+        if index is None:
+            by_first: dict[str, list[tuple[str, str]]] = {}
+            unindexed: list[tuple[str, str]] = []  # values that start with punctuation ("+1 415 ...")
+            for value in found:
+                needle = json_escaped(value) if slot.kind == "json" else value
+                first = _WORDS.match(needle)
+                if first is None:
+                    unindexed.append((needle, value))
+                else:
+                    by_first.setdefault(first.group(), []).append((needle, value))
+            index = index_by_kind[slot.kind] = (by_first, unindexed)
+        by_first, unindexed = index
+        text = slot.text
+        candidates = [c for word in set(_WORDS.findall(text)) for c in by_first.get(word, ())]
+        extra = [
+            Span(start, start + len(needle), origin.entity_type, origin.action, origin.score)
+            for needle, value in (*candidates, *unindexed)
+            if needle in text
+            for origin in (found[value],)
+            for start in _whole_word_occurrences(text, needle)
+        ]
+        out.append(_merge([*per_slot, *extra]) if extra else per_slot)
     return out
+
+
+_WORDS = re.compile(r"\w+")
+
+
+def _whole_word_occurrences(text: str, needle: str) -> Iterator[int]:
+    """Where ``needle`` occurs with no word character right before or after it (``\\b``-like, any script)."""
+    start = text.find(needle)
+    while start != -1:
+        end = start + len(needle)
+        if (start == 0 or not _is_word_char(text[start - 1])) and (end == len(text) or not _is_word_char(text[end])):
+            yield start
+        start = text.find(needle, start + 1)
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
 
 
 def mask(value: str, spec: MaskSpec) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,13 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.app import create_app
 from gateway.detector import PresidioDetector
-from gateway.policy import MaskSpec, load_policy_dir
-from gateway.redaction import Redactor, Slot, mask
+from gateway.policy import Action, MaskSpec, load_policy_dir
+from gateway.redaction import Redactor, Slot, Span, _merge, _propagate, mask
 from gateway.settings import Settings
 from tests.fake_upstream import FakeUpstream
 
@@ -149,3 +152,72 @@ def test_mask_never_shows_a_value_whole() -> None:
     assert mask("DE89370400440532013000", MaskSpec(keep_first=2, keep_last=4)) == "DE****************3000"
     assert mask("1234", MaskSpec(keep_last=4)) == "****"
     assert mask("a-b", MaskSpec(keep_last=0, char="#")) == "#-#"
+
+
+async def test_parts_of_a_name_are_hidden_where_they_recur(detector: PresidioDetector, tmp_path: Path) -> None:
+    """A name found in full once hides its parts later on, but never its particles or plain words."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "default.yaml").write_text(
+        "name: default\nentities:\n  PERSON: pseudonymize\n"
+        "recognizers:\n  - name: staff\n    entity: PERSON\n    deny_list: [Zorvath van der Quill]\n"
+    )
+    policy = load_policy_dir(folder, "default").default_policy
+    out: list[str] = []
+    slots = [
+        Slot.detached("Escalated by Zorvath van der Quill yesterday."),
+        Slot("ok, so zorvath-42 and Quill's van is parked: ask Zorvath", "user", out.append),
+    ]
+    redactions = await Redactor(detector, b"k" * 32).redact(slots, policy)
+    assert out == ["ok, so zorvath-42 and <PERSON_2>'s van is parked: ask <PERSON_3>"]
+    assert redactions.restorable == {
+        "<PERSON_1>": "Zorvath van der Quill",
+        "<PERSON_2>": "Quill",
+        "<PERSON_3>": "Zorvath",
+    }
+
+
+def _regex_propagate(slots: list[Slot], spans: list[list[Span]]) -> list[list[Span]]:
+    """The former implementation (a regex of the present values per slot): the reference for coverage."""
+    found: dict[str, Span] = {}
+    for slot, per_slot in zip(slots, spans, strict=True):
+        for span in per_slot:
+            value = slot.text[span.start : span.end]
+            if len(value.strip()) >= 2:
+                found.setdefault(value, span)
+    out = []
+    for slot, per_slot in zip(slots, spans, strict=True):
+        present = [v for v in found if v in slot.text]
+        extra = []
+        if present:
+            alternation = "|".join(re.escape(v) for v in sorted(present, key=len, reverse=True))
+            for m in re.finditer(r"(?<!\w)(?:" + alternation + r")(?!\w)", slot.text):
+                origin = found[m.group(0)]
+                extra.append(Span(m.start(), m.end(), origin.entity_type, origin.action, origin.score))
+        out.append([*per_slot, *extra])
+    return out
+
+
+def _covered(spans: list[Span]) -> set[int]:
+    return {i for span in spans for i in range(span.start, span.end)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet="ab _-+.'é\n", min_size=0, max_size=40), min_size=1, max_size=4),
+    picks=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 39), st.integers(1, 8)), max_size=6),
+)
+def test_propagation_hides_at_least_what_a_regex_of_the_values_finds(
+    texts: list[str], picks: list[tuple[int, int, int]]
+) -> None:
+    slots = [Slot.detached(t) for t in texts]
+    spans: list[list[Span]] = [[] for _ in slots]
+    for which, start, length in picks:
+        text = texts[which % len(texts)]
+        if start + length <= len(text):
+            spans[which % len(texts)].append(Span(start, start + length, "X", Action.PSEUDONYMIZE, 0.5))
+    spans = [_merge(s) for s in spans]
+    ours = _propagate(slots, spans)
+    reference = _regex_propagate(slots, spans)
+    for mine, theirs in zip(ours, reference, strict=True):
+        assert _covered(theirs) <= _covered(mine)

@@ -17,14 +17,17 @@ from . import addresses, credentials, financial, names, phones
 #: Entity types produced by the recognizers in this package (policies may name these).
 ENTITY_TYPES: frozenset[str] = frozenset({credentials.ENTITY, addresses.ENTITY})
 
-#: Predefined Presidio recognizers whose findings ours supersede, so that ``build_engine`` can remove
-#: them. Per region set: ``NhsRecognizer`` reads any 3-3-4 digit group with a valid mod-11 check digit
-#: as a UK NHS number, which is one US phone number in eleven, so it stays only for policies naming GB.
+#: Predefined Presidio recognizers that ours replace everywhere: ``RegionalPhoneRecognizer`` covers
+#: ``PhoneRecognizer`` without reading order ids and invoice numbers as phone numbers.
 SUPERSEDED: frozenset[str] = frozenset({"PhoneRecognizer"})
 
 
 def superseded(regions: tuple[str, ...]) -> frozenset[str]:
-    """Names of predefined recognizers an engine for ``regions`` should not load."""
+    """Names of predefined recognizers an engine for ``regions`` should not load (``build_engine`` removes them).
+
+    Besides ``SUPERSEDED``: ``NhsRecognizer`` reads any 3-3-4 digit group whose mod-11 check digit works
+    out as a UK NHS number, which is one US phone number in eleven, so it stays only for policies naming GB.
+    """
     extra = set()
     if "GB" not in regions:
         extra.add("NhsRecognizer")

@@ -221,10 +221,10 @@ STRONG_SUFFIXES = (
     "straße", "strasse", "str", "gasse", "platz", "allee", "alleen", "allé", "alléen", "weg", "chaussee",
     "promenade", "straat", "gracht", "plein", "singel", "steeg", "laan", "gatan", "gata", "gaten", "vägen",
     "vagen", "veien", "vegen", "katu", "kuja", "stræde", "stredet", "torget", "torv", "gade", "vej", "stien",
-    "plassen", "ulica", "utca",
+    "plassen", "ulica", "utca", "tie", "vei", "veg",
 )  # fmt: skip
 WEAK_SUFFIXES = (
-    "ring", "damm", "ufer", "steig", "pfad", "markt", "kade", "dijk", "dreef", "gate", "tie", "hof", "park",
+    "ring", "damm", "ufer", "steig", "pfad", "markt", "kade", "dijk", "dreef", "gate", "hof", "park",
     "pad", "brink", "wal", "kamp", "berg", "braut", "stok", "ringen", "svingen",
 )  # fmt: skip
 _NUM_EU = r"\d{1,4}[a-zA-Z]?(?:[ \t]?[-/][ \t]?\d{1,4}[a-zA-Z]?)?(?![\w'’-])(?![.,:/]\d)"
@@ -287,20 +287,21 @@ def _check_type_first(m: re.Match[str], start: int, end: int) -> tuple[int, int,
     text = m.string
     type_word = m.group()
     lowered = type_word.lower()
-    if lowered in _CASED_ONLY and not type_word[0].isupper():
-        return None
     name = _NAME_AFTER.match(text, end)
     if name is None:
         return None
     tokens = name.group(1).split(" ")
-    if lowered in _NEEDS_PARTICLE and _bare(tokens[0]) not in PARTICLES:
+    before = _NUM_BEFORE.search(text, max(0, start - 16), start)
+    particle_next = _bare(tokens[0]) in PARTICLES
+    if lowered in _CASED_ONLY and not type_word[0].isupper() and not (before is not None and particle_next):
+        return None  # "via email", "the route"; but French "3 route de Lyon"
+    if lowered in _NEEDS_PARTICLE and not particle_next:
         return None
     keep = _name_length(tokens)
     if keep == 0 or any(_bare(t) in FUNCTION_WORDS - PARTICLES for t in tokens[:keep]):
         return None
     name_end = name.start(1) + len(" ".join(tokens[:keep]))
-    before = _NUM_BEFORE.search(text, max(0, start - 16), start)
-    after = _NUM_AFTER.match(text, name_end) if before is None else None
+    after = _NUM_AFTER.match(text, name_end)
     stop = after.end() if after else name_end
     locality = _LOCALITY.match(text, stop)
     postal = locality is not None and bool(re.search(r"\d{4}", locality.group()))
@@ -310,7 +311,7 @@ def _check_type_first(m: re.Match[str], start: int, end: int) -> tuple[int, int,
     if lowered in ENGLISH_TYPES and not postal:
         # "12 avenue des Ternes" (French order, lower case or a particle next) is an address;
         # "Square Enix 2" or "Place 2 orders" is not.
-        french = before is not None and (type_word[0].islower() or _bare(tokens[0]) in PARTICLES)
+        french = before is not None and (type_word[0].islower() or particle_next)
         if not french:
             return None
     begin = before.start() if before else start
@@ -405,6 +406,39 @@ _MILITARY = re.compile(
 )
 
 
+#: "lives at Via Venezia 88", "the corner of Bartákova 437 and ...": many countries write a street as a
+#: name and a number with no type word at all. Only after a phrase that says an address follows, and
+#: with a number of two digits or more ("moved to Python 3" is not an address).
+_ADDRESS_CUE = (
+    r"(?i:\b(?:lives?|lived|living|resides?|reside[sd]|located|situated|based|staying|stays?)[ \t]{1,3}(?:at|on|in)"
+    r"|\b(?:moved|move|ship|send|deliver|taxi|drive|driver|mail|post)[ \t]{1,3}(?:it[ \t]{1,3})?to"
+    r"|\b(?:corner|side|end)[ \t]{1,3}of|\b(?:meet|stop|arrived|address|office|restaurant|shop|store|house|flat)"
+    r"\b[\w \t]{0,12}?[ \t](?:at|is)|\baddress(?:es)?[ \t]*[:=]|\band)"
+)
+_CUED_NAME_NUMBER = re.compile(
+    rf"(?P<cue>{_ADDRESS_CUE})[ \t]{{1,3}}(?:the[ \t]{{1,3}})?"
+    rf"(?P<street>(?:\d{{1,6}}[ \t]{{1,3}})?(?P<name>{_NAME_WORDS})[ \t]{{1,3}}"
+    rf"(?P<num>\d{{2,4}}[a-zA-Z]?)(?!\w|[.,:/%°-]\w))"
+)
+
+
+def _check_cued_name_number(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
+    tokens = m.group("name").split()
+    if any(_bare(t) in (FUNCTION_WORDS | UNIT_WORDS) - FOREIGN_TYPES for t in tokens):
+        return None  # "Via", "Rue" are street types here, not English words
+    if m.group("cue").lower() == "and" and not _after_corner(m):
+        return None
+    num = int(re.sub(r"\D.*", "", m.group("num")) or "0")
+    if num == 0 or (1900 <= num <= 2100 and len(m.group("num")) == 4):
+        return None  # "moved to Berlin 2019": a year
+    return _complete(m.string, m.start("street"), m.end("street"), 0.5)
+
+
+def _after_corner(m: re.Match[str]) -> bool:
+    """``and`` is a cue only for the second street of ``the corner of A and B``."""
+    return re.search(r"(?i:\bcorner[ \t]{1,3}of)", m.string[max(0, m.start() - 80) : m.start()]) is not None
+
+
 def _check_simple(score: float) -> Check:
     def check(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
         return _complete(m.string, start, end, score)
@@ -422,6 +456,7 @@ RULES: tuple[Rule, ...] = (
     Rule("street_type_last", _TYPE_LAST, 0.6, _check_type_last),
     Rule("street_postcode_city", _POSTCODE_ANCHORED, 0.7, _check_postcode_anchored),
     Rule("street_number_unit", _NAME_NUMBER_UNIT, 0.5, _check_name_number_unit),
+    Rule("street_name_number_after_cue", _CUED_NAME_NUMBER, 0.5, _check_cued_name_number),
     Rule("po_box", _PO_BOX, 0.7, _check_simple(0.7), prefilter=_PO_BOX_WORDS),
     Rule("military_address", _MILITARY, 0.8, _check_simple(0.8), prefilter=("apo ", "fpo ", "dpo ")),
 )  # fmt: skip

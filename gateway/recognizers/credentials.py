@@ -101,10 +101,10 @@ def _is_identifier(value: str) -> bool:
                 return False
         elif run[0].isalpha():
             upper = len(run) - len(run.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
-            wordy = (upper <= 1 and len(run) >= 3) or (upper == len(run) and len(run) >= 2)
+            wordy = (upper <= 1 and len(run) >= 2) or (upper == len(run) and len(run) >= 2)
             if not wordy:
                 return False
-        elif run not in "-_.":
+        elif not set(run) <= set("-_."):
             return False
     return True
 

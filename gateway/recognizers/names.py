@@ -3,20 +3,22 @@
 spaCy finds most capitalised full names in running prose. It misses short or lower-case names in chat
 (``hi john``, ``ask priya``), names in greetings and signatures (``Dear Ms. Okonkwo``, ``Regards,\\nLars``),
 names with particles (``Ludwig van der Rohe``, ``María de la Cruz``, ``Mohammed bin Salman``,
-``Aisha al-Farsi``) and names from outside its training data. These rules look at the cue, not at a
-list of names:
+``Aisha al-Farsi``) and names from outside its training data, which it often calls ORG or NORP.
+These rules look at the cue around a name, never at a list of names:
 
-* ``greeting``: ``Hi``/``Hello``/``Dear``/``Hey``/``Good morning`` ... at the start of a line or sentence;
-* ``title``: ``Mr``/``Mrs``/``Ms``/``Dr``/``Prof``/``Herr``/``Sra`` ...;
-* ``signature``: ``Best,``/``Regards,``/``Cheers,``/``Thanks,`` with the name closing the line or on the next;
-* ``self_introduction``: ``my name is``, ``I'm``, ``this is``, ``Name:``, ``Customer:``;
-* ``addressed``: ``call``, ``email``, ``ask``, ``tell``, ``cc``, ``thanks``, ``assigned to``, ``signed by`` ...
+* before the name (``CUES``): greetings, titles, sign-offs, self-introductions, form labels
+  (``Customer:``, ``name=``), roles (``Customer Jane Doe``) and verbs of address (``call``, ``cc``,
+  ``spoke with``, ``assigned to``, ``my wife``);
+* after it (``FOLLOWED``, found first since they are rarer than capitalised words): a verb
+  (``Alfio will call``), a vocative comma (``Nathan, your card``), a conversation turn (``Lisa: ...``),
+  an e-mail address (``Colette Roux <croux@...>``), a possessive (``Carine's address``), an address line;
+* around it: the parts of a name found by a cue, repeated alone (``Erle``), and the other items of a
+  list that holds a name.
 
 A name is one to four words, each capitalised (any script that has case), with particles between them
-and initials before them. Lower-case names are taken only after a greeting, a title or a
-self-introduction, and only when spaCy tags the word a proper noun or a noun outside a list of words
-that follow greetings (``hi there``, ``dear team``). Scores: 0.75 after greetings, titles, signatures and
-self-introductions, 0.6 after other cues; lower-case names 0.6.
+and initials before them. Lower-case names are taken only after greetings, sign-offs,
+self-introductions and short titles, and only when spaCy tags the word a noun that is not a stop
+word. ``docs/entities.md`` has the rules, their scores and what vetoes a name.
 
 A name found once is hidden everywhere else in the request by ``Redactor`` (propagation).
 """
@@ -64,7 +66,8 @@ NOT_NAMES = words(
     unknown anonymous name first last full surname lastname firstname nickname username required optional
     ticket order invoice account case issue bug error mom mum dad mother father sister brother grandma grandpa
     wife husband son daughter uncle aunt then yesterday later so and but when after before finally maybe perhaps
-    apparently unfortunately luckily meanwhile also still everyone's nobody everything something time"""
+    apparently unfortunately luckily meanwhile also still everyone's nobody everything something time git
+    python java docker linux windows i'm i’m i'd i'll i've"""
 )  # fmt: skip
 
 
@@ -100,6 +103,9 @@ _GREETINGS = _phrases(
     liebe|lieber|liebes|sehr geehrte|sehr geehrter|bonjour|salut|cher|chère|hola|estimado|estimada|ciao|gentile|
     caro|cara|hej|hoi|beste|olá|oi|welcome|thanks|thank you|many thanks|congratulations|congrats|happy birthday"""
 )
+#: Titles that are never ordinary words: they count in lower case too, before lower-case names ("dr. okafor").
+_SHORT_TITLES = "mr|mrs|ms|mx|dr|prof|mme|mlle|sr|sra|srta|herr|frau|dott"
+_SHORT_TITLE_PHRASES = _phrases(_SHORT_TITLES)
 _TITLES = _phrases(
     """mr|mrs|ms|miss|mx|dr|prof|professor|sir|dame|mme|mlle|herr|frau|señor|señora|sr|sra|srta|dott|dott.ssa|
     sig|sig.ra|rev|capt|captain|sgt|lt|col|judge|officer|det|detective|nurse|uncle|aunt|auntie|grandma|grandpa|
@@ -113,11 +119,21 @@ _SIGN_OFFS = _phrases(
     hälsningar|love|xoxo|signed|sent by"""
 )
 _INTRODUCTIONS = _phrases(
-    """my name is|my name's|my name’s|name is|je m'appelle|ich heiße|me llamo|mi chiamo|known as|goes by|
+    """my name is|my name's|my name’s|je m'appelle|ich heiße|me llamo|mi chiamo|known as|goes by|
     mein name ist|je suis|mi nombre es|sono"""
 )
+#: "What's your name? Juliane Amsel", "Your full name?\nUser: Ji-woo Park": the answer after the question.
+_NAME_QUESTIONS = _phrases(
+    """what's your name|what is your name|your name|what's your full name|your full name|what's your last name|
+    your last name|your first name|your surname|who am i speaking with|who is this|may i have your name|
+    name please"""
+)
+#: Between a question and its answer: "? ", or "?\nUser: ".
+_ANSWER = r"[ \t]*\?[ \t]*(?:\r?\n[ \t]*)?(?:[A-Za-z]+[ \t]*:[ \t]*)?"
 #: Weaker introductions: the name must close its clause ("This is Maria.", "it is Gregory here").
-_SHORT_INTRODUCTIONS = _phrases("i am|i'm|i’m|this is|it's|it’s|it is|ich bin|named|called|speaking with|here is")
+_SHORT_INTRODUCTIONS = _phrases(
+    "i am|i'm|i’m|this is|it's|it’s|it is|ich bin|named|called|speaking with|here is|name is|name's"
+)
 #: Labels in forms, tickets and CRM notes. Those that are also everyday words need their colon.
 _LABEL_PHRASES = """name|full name|first name|last name|surname|from|to|cc|bcc|attn|attention|signed|author|owner|
     assignee|reporter|requester|requestor|contact|user|member|driver|passenger|student|candidate|sender|recipient|
@@ -162,25 +178,19 @@ _SPEAKER_VERBS = _phrases(
 
 CUES: tuple[Cue, ...] = (
     Cue("greeting", re.compile(rf"{_GREETINGS}[ \t]*,?[ \t]+"), 0.85, lower=True, lists=True, line_start=True),
-    Cue("title", re.compile(rf"{_TITLES}(?:\.[ \t]*|[ \t]+)(?=\S)"), 0.85, lower=True),
+    Cue("title", re.compile(rf"{_SHORT_TITLE_PHRASES}(?:\.[ \t]*|[ \t]+)(?=\S)"), 0.85, lower=True),
+    Cue("title", re.compile(rf"{_TITLES}(?:\.[ \t]*|[ \t]+)(?=\S)"), 0.85),
     Cue("title", re.compile(r"M\.(?<![\w.]M\.)[ \t]*(?=[A-Z])"), 0.85),
     Cue("signature", re.compile(rf"{_SIGN_OFFS}[ \t]*[,!.:–-]?[ \t]*(?:\r?\n[ \t]*(?:--[ \t]*\r?\n[ \t]*)?|[ \t]+)"),
         0.85, lower=True, end_of_line=True, line_start=True),
     Cue("self_introduction", re.compile(rf"{_INTRODUCTIONS}[ \t]+"), 0.85, lower=True, lists=True, veto=True),
+    Cue("name_question", re.compile(rf"{_NAME_QUESTIONS}{_ANSWER}"), 0.7, veto=True, closed=True),
     Cue("short_introduction", re.compile(rf"{_SHORT_INTRODUCTIONS}[ \t]+"), 0.7, veto=True, closed=True),
     Cue("form_label", re.compile(rf"{_LABELS_AND_ROLES}(?:[ \t]*:|=)[ \t]*"), 0.85, lists=True, veto=True, caps=True),
     Cue("role", re.compile(rf"{_ROLES}(?:[ \t]+is)?[ \t]+"), 0.7, veto=True),
     Cue("addressed", re.compile(rf"{_ADDRESSED}[ \t,]+"), 0.6, lists=True, veto=True),
 )  # fmt: skip
 _LINE_OPENERS = frozenset(".!?;:>\n")
-
-
-#: Titles that are never ordinary words, so that they count in lower case too ("dr. okafor").
-_SHORT_TITLES = words("mr mrs ms mx dr prof mme mlle sr sra srta herr frau dott")
-
-
-def _bare_title(cue: str) -> str:
-    return cue.strip().rstrip(".").strip().lower()
 
 
 def _opens(text: str, pos: int, openers: str | frozenset[str]) -> bool:
@@ -292,8 +302,62 @@ DEMONYMS = words(
 
 #: For names found by what follows them (a verb, an e-mail address): capitalised only, spaCy may veto.
 _FOLLOWED = Cue("followed", re.compile(""), 0.65, veto=True)
-#: Parts of speech a capitalised name does not have ("Therefore, we ...", "Alternatively, you ...").
-_NOT_NAME_POS = frozenset({"ADV", "ADP", "DET", "PRON", "CCONJ", "SCONJ", "AUX", "VERB", "INTJ", "PART", "NUM"})
+#: Closed word classes, which the model tags reliably: a name is none of them.
+_NOT_NAME_POS = frozenset({"ADP", "DET", "PRON", "CCONJ", "SCONJ", "AUX", "PART", "NUM"})
+#: Sentence adverbs that open a clause like a vocative does ("Therefore, we ...").
+_DISCOURSE = words(
+    """therefore however moreover furthermore meanwhile otherwise nevertheless nonetheless thus hence also still
+    anyway instead indeed besides likewise similarly consequently accordingly alternatively additionally finally
+    firstly secondly lastly honestly basically actually overall"""
+)
+
+
+#: Penn Treebank tags (what English spaCy models' taggers produce) to universal part-of-speech tags, as
+#: spaCy's attribute ruler maps them: the ruler costs a tenth of the pipeline, this map nothing.
+PTB_TO_UPOS = {
+    **dict.fromkeys(("NNP", "NNPS"), "PROPN"),
+    **dict.fromkeys(("NN", "NNS"), "NOUN"),
+    **dict.fromkeys(("JJ", "JJR", "JJS", "AFX"), "ADJ"),
+    **dict.fromkeys(("RB", "RBR", "RBS", "WRB"), "ADV"),
+    **dict.fromkeys(("VB", "VBD", "VBG", "VBN", "VBP", "VBZ"), "VERB"),
+    **dict.fromkeys(("PRP", "PRP$", "WP", "WP$", "EX"), "PRON"),
+    **dict.fromkeys(("DT", "PDT", "WDT"), "DET"),
+    **dict.fromkeys(("IN",), "ADP"),
+    **dict.fromkeys(("CC",), "CCONJ"),
+    **dict.fromkeys(("MD",), "AUX"),
+    **dict.fromkeys(("RP", "TO", "POS"), "PART"),
+    **dict.fromkeys(("CD",), "NUM"),
+    **dict.fromkeys(("UH",), "INTJ"),
+    **dict.fromkeys(("FW", "LS", "XX", "ADD", "GW", "NIL"), "X"),
+    **dict.fromkeys((".", ",", ":", "``", "''", '"', "-LRB-", "-RRB-", "HYPH", "NFP"), "PUNCT"),
+    **dict.fromkeys(("$", "SYM"), "SYM"),
+}
+#: Verbs the attribute ruler calls auxiliaries, and the negation it calls a particle.
+_AUXILIARIES = words("be am is are was were been being have has had do does did 's 're 've 'm 'd ’s ’re ’ve ’m ’d")
+_NEGATIONS = words("not n't n’t")
+
+
+def pos(token: Any) -> str:
+    """The token's coarse part of speech: spaCy's when its attribute ruler ran, else mapped from the tag."""
+    if token.pos_:
+        return str(token.pos_)
+    tag, word = str(token.tag_), str(token.lower_)
+    if (tag.startswith("VB") and word in _AUXILIARIES) or tag == "MD":
+        return "AUX"
+    if tag == "RB" and word in _NEGATIONS:
+        return "PART"
+    return PTB_TO_UPOS.get(tag, "")
+
+
+def _not_a_name_word(token: Any) -> bool:
+    """The model's word class rules a name out: a closed class, or an adverb shaped like one (``-ly``, ``Therefore``).
+    Open classes are not trusted: the small model tags "Emily" at a line start as an adverb."""
+    if pos(token) in _NOT_NAME_POS:
+        return True
+    word = str(token.text).lower()
+    return bool(pos(token) == "ADV" and ((word.endswith("ly") and len(word) > 5) or word in _DISCOURSE))
+
+
 _LOWER_OK_POS = frozenset({"PROPN", "NOUN", "ADJ", "X"})
 
 
@@ -314,7 +378,10 @@ class PersonCueRecognizer(RuleRecognizer):
         results += [self.result(s, e, 0.6, "name_part_repeated") for s, e in _name_parts(text, names)]
         doc = getattr(nlp_artifacts, "tokens", None)
         if doc is not None:
-            names += [(ent.start_char, ent.end_char) for ent in doc.ents if ent.label_ == "PERSON"]
+            spacy_names = [(ent.start_char, ent.end_char) for ent in doc.ents if ent.label_ == "PERSON"]
+            names += spacy_names
+            results += [self.result(s, e, 0.6, "name_completed") for s, e in _completed(text, spacy_names, tokens)]
+            results += [self.result(s, e, 0.55, "contact_block_name") for s, e in _contact_block_names(text, tokens)]
         results += [self.result(s, e, 0.6, "name_list") for s, e in _name_lists(text, names, tokens)]
         return list(EntityRecognizer.remove_duplicates(results))
 
@@ -323,7 +390,7 @@ class PersonCueRecognizer(RuleRecognizer):
             for m in cue.pattern.finditer(text):
                 if cue.line_start and not _opens(text, m.start(), _LINE_OPENERS):
                     continue
-                if cue.name == "title" and m.group()[0].islower() and _bare_title(m.group()) not in _SHORT_TITLES:
+                if cue.name == "title" and not cue.lower and m.group()[0].islower():
                     continue  # "a cache miss. Restore": lower-case "miss", "judge", "officer" are words
                 pos = m.end()
                 found = _name_at(text, pos, cue, tokens)
@@ -351,6 +418,89 @@ class PersonCueRecognizer(RuleRecognizer):
                 found = _name_at(text, start, _FOLLOWED, tokens, limit=end)
                 if found is not None:
                     yield found[0], found[1], found[2], trigger.name
+
+
+#: One word of a name next to a name spaCy found in part: a capitalised word or an initial ("P", "P.").
+_NAME_PIECE = r"(?:[A-ZÀ-ÖØ-ÞĀ-Ž]\.?|[A-ZÀ-ÖØ-ÞĀ-Ž][^\W\d_]{1,30}(?:[-'’][^\W\d_]{1,30})?)"
+_PIECES_BEFORE = re.compile(rf"(?<![\w'’.-])(?:{_NAME_PIECE}[ \t]){{1,2}}$")
+_PIECES_AFTER = re.compile(rf"(?:[ \t]{_NAME_PIECE}){{1,2}}(?![\w'’-])")
+
+
+def _completed(text: str, names: list[tuple[int, int]], tokens: dict[int, Any]) -> Iterator[tuple[int, int]]:
+    """A name spaCy found only in part, with the words next to it that complete it.
+
+    The small model often labels only the family name (``Ruby P [Wollaston]``, ``Amanda [Vésteinsson]``)
+    or only the given name. Up to two capitalised words or initials directly before or after the span,
+    on the same line, join it when the model tags each a proper noun (an initial is enough as it is)
+    and none is a word that is never a name.
+    """
+    for start, end in names:
+        new_start, new_end = start, end
+        before = _PIECES_BEFORE.search(text, max(0, start - 70), start)
+        if before is not None and _pieces_ok(text, before.start(), before.end(), tokens):
+            new_start = before.start()
+        after = _PIECES_AFTER.match(text, end)
+        if after is not None and _pieces_ok(text, after.start(), after.end(), tokens):
+            new_end = after.end()
+        if (new_start, new_end) != (start, end):
+            yield new_start, new_end
+
+
+def _pieces_ok(text: str, start: int, end: int, tokens: dict[int, Any]) -> bool:
+    for m in re.finditer(r"\S+", text[start:end]):
+        word = m.group().rstrip(".")
+        if len(word) == 1:
+            continue
+        token = tokens.get(start + m.start())
+        if word.lower() in NOT_NAMES or word.lower() in _COMPANY_WORDS or token is None or pos(token) != "PROPN":
+            return False
+        if token.ent_type_ in _VETO_LABELS or _is_identifier(word):
+            return False
+    return True
+
+
+#: A line that is nothing but a name: two to four capitalised words, initials and particles.
+_NAME_LINE = re.compile(
+    rf"^[ \t]*(?P<name>[A-ZÀ-ÖØ-ÞĀ-Ž][^\W\d_]{{1,30}}(?:[ \t]{{1,2}}(?:(?i:{_PARTICLE})[ \t]{{1,2}}){{0,3}}"
+    rf"{_NAME_PIECE}){{1,3}})[ \t]*$",
+    re.MULTILINE,
+)
+#: What makes a text a contact card or a signature: an e-mail address, a phone-shaped number, a contact label.
+_CONTACT_DATA = re.compile(
+    r"@[\w-]+\.|\+?\d[\d ().-]{6,}\d|(?i:\b(?:phone|tel|mobile|fax|e-?mail|address|office|desk)\b[ \t]*:)"
+)
+
+
+def _contact_block_names(text: str, tokens: dict[int, Any]) -> Iterator[tuple[int, int]]:
+    """The name that heads a contact card or signature block: a line of its own, first in its block.
+
+    ``Alistair Maclean⏎Administrative support manager⏎Endo International plc⏎4 High St...``: the line
+    opens the text or follows a blank line, a short line that is not a sentence follows it, the text
+    holds contact data, and the model tags every word a proper noun that is not a company word.
+    """
+    if "\n" not in text or _CONTACT_DATA.search(text) is None:
+        return
+    for m in _NAME_LINE.finditer(text):
+        start, end = m.span("name")
+        head = text[: m.start()]
+        if head.strip() and not head.endswith(("\n\n", "\n\r\n")) and not head.rstrip(" \t").endswith("\n\n"):
+            continue
+        rest = text[m.end() :]
+        if not rest.startswith(("\n", "\r\n")) or not rest.strip():
+            continue
+        following = rest.strip().split("\n", 1)[0].strip()
+        if len(following.split()) > 8 or following.endswith((".", "!", "?")):
+            continue  # prose follows: a heading ("Release Notes"), not a card
+        if _pieces_ok(text, start, end, tokens) or all(
+            _is_particle(w) or len(w.rstrip(".")) == 1 or _pieces_ok(text, start + i, start + i + len(w), tokens)
+            for i, w in _words_at(text[start:end])
+        ):
+            yield start, end
+
+
+def _words_at(value: str) -> Iterator[tuple[int, str]]:
+    for m in re.finditer(r"\S+", value):
+        yield m.start(), m.group()
 
 
 def _name_parts(text: str, names: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
@@ -448,7 +598,7 @@ def _name_at(
         and (first.ent_type_ in _VETO_LABELS or (first.ent_type_ == "NORP" and first.text.lower() in DEMONYMS))
     ):
         return None
-    if cue.veto and first is not None and first.pos_ in _NOT_NAME_POS:
+    if cue.veto and first is not None and _not_a_name_word(first):
         return None
     kept = m.group()[:kept_end].split()
     if kept[-1].strip(".,").lower() in _COMPANY_WORDS:
@@ -457,8 +607,8 @@ def _name_at(
         return None  # "BESTBUY", "ABC", "APPENDIX": acronyms and shouted words, not names
     if any(_is_identifier(w) for w in kept):
         return None  # "AnthropicGoogleCloud", "ValueError", "OpenBLAS": identifiers
-    if text.startswith(("(", "["), m.start() + kept_end):
-        return None  # "Client(", "List[str]": code
+    if text.startswith(("(", "[", ")", "]", " ->", " ="), m.start() + kept_end) or len(kept[0].strip(".")) < 2:
+        return None  # "Client(", "List[str]", "(candidate: Candidate) ->": code; "M.F.": an abbreviation
     start, end = m.start(), m.start() + kept_end
     while end > start and text[end - 1] in ".,'’":
         if text[end - 1] == "." and re.search(r"(?:^|[ \t])[A-Z]\.$", text[start:end]):
@@ -490,7 +640,7 @@ def _lower_name_ok(start: int, word: str, tokens: dict[int, Any]) -> bool:
     token = tokens.get(start)
     if token is None or len(word) < 2 or word in NOT_NAMES:
         return False
-    return bool(token.pos_ in _LOWER_OK_POS and not token.is_stop and token.is_alpha)
+    return bool(pos(token) in _LOWER_OK_POS and not token.is_stop and token.is_alpha)
 
 
 def recognizers(language: str) -> list[RuleRecognizer]:

@@ -7,13 +7,15 @@ decided by ``phonenumbers``:
 * ``+44 20 7946 0958``, ``0044 ...``, ``011 ...``: valid for its country code (any region): 0.75.
 * a national number: ``PhoneNumberMatcher`` with ``Leniency.STRICT_GROUPING`` for each policy region,
   so that the digit groups must be the region's own (``2024-000123`` is a valid US number but not
-  grouped like one): 0.6, or 0.4 when written without separators.
+  grouped like one): 0.6, or 0.25 for a bare digit run, which needs a phone word to pass.
 * North American shapes ``(415) 555-0132``, ``415-555-0132``, ``415.555.0132``, ``+1 ...`` are phone
   numbers even when the area code is not assigned (examples, fictional numbers): 0.55.
+* With a phone word near, any phone-shaped candidate: 0.45 (fictional UK ``0113 496 0771``, new ranges,
+  regions the policy does not name).
 
-A phone word nearby (``call``, ``phone``, ``tel``, ``mobile``...) adds 0.25. An identifier word just
-before the digits (``Order #``, ``ticket``, ``invoice``, ``ID:``, ``IBAN``) drops the candidate, as do
-dates, IP addresses, versions, amounts and card-length digit runs.
+A phone word nearby (``call``, ``phone``, ``tel``, ``mobile``... before it, ``office``/``fax`` after) adds
+0.25. An identifier word just before the digits (``Order #``, ``ticket``, ``invoice``, ``ID:``, ``IBAN``)
+drops the candidate, as do dates, IP addresses, versions, decimals, amounts and card-length digit runs.
 
 This recognizer supersedes Presidio's ``PhoneRecognizer`` (see ``SUPERSEDED`` in the package), which
 validates with ``Leniency.VALID`` in eight fixed regions and so reads order ids and IBAN fragments as
@@ -165,12 +167,28 @@ def _separated(value: str) -> bool:
     return any(c in " -.()/" for c in value.strip().lstrip("+"))
 
 
+def _starts_with_date(number: str) -> bool:
+    """``2024-03-15``, ``15.03.2024 ...``: a leading date whose day and month are possible.
+
+    ``03.91.12.17.13`` (a French number) and ``40-91-98-72`` start with three digit groups too, but
+    no calendar has a month 91: those stay candidates.
+    """
+    m = _DATE.match(number)
+    if m is None:
+        return False
+    fields = re.split(r"[-./]", m.group())
+    parts = [int(f) for f in fields]
+    year_first = len(fields[0]) == 4
+    a, b = (parts[1], parts[2]) if year_first else (parts[0], parts[1])
+    return (1 <= a <= 12 and 1 <= b <= 31) or (1 <= b <= 12 and 1 <= a <= 31)
+
+
 def _plausible(number: str) -> bool:
     """Cheap shape checks before any parsing: length, dates, IPs/versions, card-like runs."""
     digits = _digits(number)
     if not 7 <= digits <= 15:
         return False
-    if _DATE.match(number) or _DOTTED.fullmatch(number) or _DECIMAL.fullmatch(number):
+    if _starts_with_date(number) or _DOTTED.fullmatch(number) or _DECIMAL.fullmatch(number):
         return False
     groups = re.findall(r"\d+", number)
     if sum(len(g) == 1 for g in groups) > 2 or number.count("/") > 1:
