@@ -19,19 +19,18 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
-import multiprocessing
 import os
 import re
-import time
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import DetectionFailed, DetectionTimeout
+from .workers import WorkerError, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +90,9 @@ class Detector(Protocol):
 
     async def analyze(self, texts: Sequence[str], spec: DetectionSpec) -> list[list[Finding]]: ...
 
+    def remember(self, text: str, spec: DetectionSpec, findings: list[Finding]) -> None:
+        """Findings known without analysis (a restored answer's values), for a later ``analyze`` of ``text``."""
+
     @property
     def ready(self) -> bool: ...
 
@@ -132,19 +134,50 @@ def load_nlp(model: str, disable: tuple[str, ...] = ()) -> Any:
     return nlp
 
 
-def build_engine(model: str, language: str, regions: tuple[str, ...] = (), disable: tuple[str, ...] = ()) -> Any:
+@cache
+def _nlp_engine_class() -> Any:
+    """Presidio's spaCy engine, with lemmas that never come out empty.
+
+    Presidio's context enhancer compares context words with the lemmas around a finding. With the
+    lemmatizer disabled (``nlp.disable``) spaCy leaves every lemma empty; the lower-case word stands in.
+    Presidio matches context words as substrings by default, so "calls" still supports "call".
+    ``tests/test_detector.py`` pins that context words still raise scores.
+    """
+    from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
+
+    class LemmaFallbackNlpEngine(SpacyNlpEngine):
+        def _doc_to_nlp_artifact(self, doc: Any, language: str) -> NlpArtifacts:
+            artifacts = super()._doc_to_nlp_artifact(doc, language)
+            lemmas = [lemma or token.lower_ for lemma, token in zip(artifacts.lemmas, doc, strict=True)]
+            artifacts.lemmas = lemmas
+            # The keywords are derived from the lemmas. As a set: the enhancer tests each word around
+            # each finding for membership, which on a list is quadratic in the text's length.
+            artifacts.keywords = set(NlpArtifacts.set_keywords(self, lemmas, language))  # type: ignore[assignment]
+            return artifacts
+
+    return LemmaFallbackNlpEngine
+
+
+#: spaCy components detection does without (``nlp.disable`` in the settings has the same default).
+DISABLED_COMPONENTS = ("parser", "lemmatizer", "attribute_ruler")
+
+
+def build_engine(
+    model: str, language: str, regions: tuple[str, ...] = (), disable: tuple[str, ...] = DISABLED_COMPONENTS
+) -> Any:
     """An AnalyzerEngine over an already-loaded spaCy pipeline, with our recognizers. Never downloads."""
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-    from presidio_analyzer.nlp_engine import SpacyNlpEngine
 
     from . import recognizers
 
-    nlp_engine = SpacyNlpEngine(models=[{"lang_code": language, "model_name": model}])
+    nlp_engine = _nlp_engine_class()(models=[{"lang_code": language, "model_name": model}])
     # Hand Presidio a loaded pipeline so that its load(), which downloads missing models, never runs.
-    nlp_engine.nlp = {language: load_nlp(model, disable)}  # type: ignore[assignment]
+    nlp_engine.nlp = {language: load_nlp(model, disable)}
     registry = RecognizerRegistry(supported_languages=[language])
     registry.load_predefined_recognizers(languages=[language], nlp_engine=nlp_engine)
+    for name in recognizers.superseded(regions):
+        registry.remove_recognizer(name, language=language)
     for recognizer in recognizers.build(language, regions):
         registry.add_recognizer(recognizer)
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[language])
@@ -245,16 +278,20 @@ def analyze_batch(
     return out
 
 
-def _warm(model: str, language: str, disable: tuple[str, ...], region_sets: tuple[tuple[str, ...], ...]) -> int:
+def _warm(model: str, language: str, disable: tuple[str, ...], region_sets: tuple[tuple[str, ...], ...]) -> None:
+    """A worker's initializer: build every engine the policies use before the first request."""
+    _init_worker()
     for regions in region_sets:
         _worker_engine(model, language, regions, disable)
-    time.sleep(0.2)  # keep this worker busy so the pool starts the next one for the next warm-up task
-    return os.getpid()
 
 
 def _init_worker() -> None:
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
+
+
+def _cache_key(text: str, spec_key: str) -> tuple[bytes, str]:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).digest(), spec_key
 
 
 @dataclass
@@ -290,7 +327,7 @@ class PresidioDetector:
         workers: int = 1,
         timeout: float = 10.0,
         cache_entries: int = 0,
-        disable: tuple[str, ...] = ("parser",),
+        disable: tuple[str, ...] = DISABLED_COMPONENTS,
     ) -> None:
         self.model = model
         self.disable = disable
@@ -298,7 +335,8 @@ class PresidioDetector:
         self.workers = workers
         self.timeout = timeout
         self._cache = _Cache(cache_entries)
-        self._pool: concurrent.futures.Executor | None = None
+        self._pool: WorkerPool | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._ready = False
         #: Counted by the metrics observer; only ever incremented on the event loop.
         self.cache_hits = 0
@@ -308,43 +346,48 @@ class PresidioDetector:
     def ready(self) -> bool:
         return self._ready
 
-    def _new_pool(self) -> concurrent.futures.Executor:
-        if self.workers == 0:
-            return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="detector", initializer=_init_worker)
-        return concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
-        )
-
     async def start(self, region_sets: Iterable[tuple[str, ...]] = ((),)) -> None:
         """Check the model, start the workers and build in each the engines the policies will use
         (one per region set), before reporting ready: no first request pays for building one."""
         check_model(self.model)
-        self._pool = self._new_pool()
-        loop = asyncio.get_running_loop()
         regions = tuple(sorted(set(region_sets)))
-        await asyncio.gather(
-            *(
-                loop.run_in_executor(self._pool, _warm, self.model, self.language, self.disable, regions)
-                for _ in range(max(self.workers, 1))
+        if self.workers == 0:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="detector")
+            await asyncio.get_running_loop().run_in_executor(
+                self._thread, _warm, self.model, self.language, self.disable, regions
             )
-        )
+        else:
+            pool = WorkerPool(self.workers, partial(_warm, self.model, self.language, self.disable, regions))
+            try:
+                await pool.start()
+            except WorkerError as exc:
+                raise DetectionFailed(f"The PII detector's workers could not start ({exc}).") from None
+            self._pool = pool
         self._ready = True
 
     async def close(self) -> None:
         self._ready = False
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await asyncio.get_running_loop().run_in_executor(None, lambda: pool.shutdown(cancel_futures=True))
+            await pool.close()
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            await asyncio.get_running_loop().run_in_executor(None, lambda: thread.shutdown(cancel_futures=True))
+
+    def remember(self, text: str, spec: DetectionSpec, findings: list[Finding]) -> None:
+        key = _cache_key(text, spec.key)
+        if self._cache.get(key) is None:  # an analysis already cached stays: it is the fuller answer
+            self._cache.put(key, findings)
 
     async def analyze(self, texts: Sequence[str], spec: DetectionSpec) -> list[list[Finding]]:
-        if self._pool is None:
+        if self._pool is None and self._thread is None:
             raise DetectionFailed("The PII detector is not running.")
         results: list[list[Finding] | None] = []
         missing: list[int] = []
         keys: list[tuple[bytes, str]] = []
         spec_key = spec.key
         for i, text in enumerate(texts):
-            key = (hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).digest(), spec_key)
+            key = _cache_key(text, spec_key)
             keys.append(key)
             hit = self._cache.get(key)
             results.append(hit)
@@ -355,26 +398,35 @@ class PresidioDetector:
         if missing:
             fresh = await self._run([texts[i] for i in missing], spec)
             for i, findings in zip(missing, fresh, strict=True):
+                # Type and recognizer names arrive as new strings per finding from the worker; interned,
+                # a cached finding costs its object and numbers only.
+                findings = [
+                    Finding(f.start, f.end, sys.intern(f.entity_type), f.score, sys.intern(f.recognizer))
+                    for f in findings
+                ]
                 results[i] = findings
                 self._cache.put(keys[i], findings)
         return [r if r is not None else [] for r in results]
 
     async def _run(self, texts: list[str], spec: DetectionSpec) -> list[list[Finding]]:
-        assert self._pool is not None
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, analyze_batch, self.model, texts, spec, self.disable)
+        if self._pool is not None:
+            future = self._pool.submit(analyze_batch, self.model, texts, spec, self.disable)
+        else:
+            assert self._thread is not None
+            future = loop.run_in_executor(self._thread, analyze_batch, self.model, texts, spec, self.disable)
         try:
-            return await asyncio.wait_for(future, self.timeout)
+            result: list[list[Finding]] = await asyncio.wait_for(future, self.timeout)
+            return result
         except TimeoutError as exc:
+            if self._pool is not None:
+                self._pool.abandon(future)  # the worker is killed and replaced: no runaway analysis
             raise DetectionTimeout("PII detection timed out; the request was not forwarded.") from exc
-        except BrokenProcessPool as exc:
-            log.error("a detector worker died; restarting the pool")
-            self._pool = self._new_pool()
-            raise DetectionFailed("PII detection failed; the request was not forwarded.") from exc
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # Fail closed on anything the detector raises. The exception text may quote the input,
-            # so only its type is logged.
-            log.error("PII detection raised %s", type(exc).__name__)
+            # so only its type is logged (workers report nothing else).
+            reason = str(exc) if isinstance(exc, WorkerError) else type(exc).__name__
+            log.error("PII detection raised %s", reason)
             raise DetectionFailed("PII detection failed; the request was not forwarded.") from exc

@@ -106,6 +106,8 @@ class Exchange:
     output_tokens: int | None = None
     #: The exchange's content, as far as the policy lets the transcript keep it.
     capture: Capture = field(default_factory=Capture)
+    #: A whole answer's message texts as the upstream wrote them, for ``Redactor.remember_answers``.
+    answer_texts: list[str] = field(default_factory=list)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -194,8 +194,14 @@ async def _admitted(
     async with upstream.send(path, query, outbound, request.headers) as reply:
         exchange.upstream_first_byte_seconds = exchange.elapsed()
         if reply.status < 400 and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
-            return await relay_stream(request, reply, exchange, table, api)
-        return await relay_whole(reply, exchange, table, api)
+            remember = not policy.detects_nothing
+            response: web.StreamResponse = await relay_stream(request, reply, exchange, table, api, collect=remember)
+        else:
+            response = await relay_whole(reply, exchange, table, api)
+    if exchange.answer_texts:
+        # The next turn re-sends these answers: their findings are known now (see remember_answers).
+        gateway.redactor.remember_answers(exchange.answer_texts, redactions, table, policy)
+    return response
 
 
 async def handle_models(request: web.Request, gateway: Gateway) -> web.StreamResponse:
@@ -280,6 +286,7 @@ def _restore_json_answer(raw: bytes, exchange: Exchange, table: Mapping[str, str
         return raw
     try:
         exchange.input_tokens, exchange.output_tokens = api.usage(answer)
+        exchange.answer_texts = api.answer_texts(answer)
         if not table:
             return raw
         restored, unresolved = api.restore_body(answer, table)

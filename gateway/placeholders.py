@@ -44,6 +44,7 @@ class Redactions:
         self._reserved: frozenset[str] = frozenset(reserved)
         self._by_value: dict[str, str] = {}
         self._restorable: dict[str, str] = {}
+        self._types: dict[str, str] = {}
         self._next: Counter[str] = Counter()
         #: (entity type, action) -> number of occurrences replaced or counted in this request.
         self.counts: Counter[tuple[str, str]] = Counter()
@@ -60,6 +61,7 @@ class Redactions:
             if candidate not in self._reserved:
                 break
         self._by_value[value] = candidate
+        self._types[candidate] = entity_type
         if restorable:
             self._restorable[candidate] = value
         return candidate
@@ -67,6 +69,10 @@ class Redactions:
     @property
     def restorable(self) -> Mapping[str, str]:
         return self._restorable
+
+    def entity_type(self, placeholder: str) -> str | None:
+        """The entity type a placeholder of this request stands for."""
+        return self._types.get(placeholder)
 
     def __len__(self) -> int:
         return len(self._by_value)
@@ -83,6 +89,25 @@ def _label(entity_type: str) -> str:
 def json_escaped(value: str) -> str:
     """``value`` as it must appear inside a JSON string literal (without the quotes)."""
     return orjson.dumps(value).decode("utf-8")[1:-1]
+
+
+def restored_spans(text: str, table: Mapping[str, str]) -> tuple[str, list[tuple[int, int, str]]]:
+    """``text`` restored in one piece, and where each value went: (start, end, placeholder) in the result."""
+    spans: list[tuple[int, int, str]] = []
+    parts: list[str] = []
+    cursor = length = 0
+    for m in PLACEHOLDER_SHAPE.finditer(text) if "<" in text else ():
+        value = table.get(m.group(0))
+        if value is None:
+            continue
+        before = text[cursor : m.start()]
+        parts += (before, value)
+        length += len(before)
+        spans.append((length, length + len(value), m.group(0)))
+        length += len(value)
+        cursor = m.end()
+    parts.append(text[cursor:])
+    return "".join(parts), spans
 
 
 class PlaceholderRestorer:

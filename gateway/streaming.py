@@ -53,6 +53,32 @@ class _EventRestorer:
         return b"".join(encode_event(orjson.dumps(d), name) for name, d in self.transformer.finish())
 
 
+class _AnswerCollector:
+    """Gathers each choice's text as the upstream streamed it, for ``Redactor.remember_answers``.
+
+    It reads the events after they were written to the client: it adds nothing to their latency.
+    """
+
+    def __init__(self, api: WireApi) -> None:
+        self.api = api
+        self.pieces: dict[int, list[str]] = {}
+
+    def add(self, events: list[SSEEvent]) -> None:
+        for event in events:
+            if event.data is None or event.is_done or b'"content"' not in event.data:
+                continue
+            try:
+                parsed = orjson.loads(event.data)
+                pieces = self.api.answer_pieces(parsed) if isinstance(parsed, dict) else []
+            except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError, ValueError):
+                continue
+            for index, piece in pieces:
+                self.pieces.setdefault(index, []).append(piece)
+
+    def texts(self) -> list[str]:
+        return ["".join(self.pieces[i]) for i in sorted(self.pieces)]
+
+
 def _note_usage(events: list[SSEEvent], exchange: Exchange) -> None:
     """Token usage from the events that carry it; parses only those.
 
@@ -84,13 +110,21 @@ def _note_usage(events: list[SSEEvent], exchange: Exchange) -> None:
 
 
 async def relay_stream(
-    request: web.Request, reply: Reply, exchange: Exchange, table: Mapping[str, str], api: WireApi
+    request: web.Request,
+    reply: Reply,
+    exchange: Exchange,
+    table: Mapping[str, str],
+    api: WireApi,
+    *,
+    collect: bool = False,
 ) -> web.StreamResponse:
+    """Relay an upstream stream; with ``collect``, also gather the answer's texts (``exchange.answer_texts``)."""
     response = web.StreamResponse(status=reply.status, headers=client_headers(reply.headers))
     response.headers["X-Request-Id"] = exchange.request_id
     await response.prepare(request)
     exchange.status = reply.status
     restorer = _EventRestorer(api.stream_restorer(table)) if table and api.restores else None
+    collector = _AnswerCollector(api) if collect else None
     decoder = SSEDecoder()
     capture = exchange.capture
     try:
@@ -111,8 +145,13 @@ async def relay_stream(
                 if capture.keeps_original:
                     capture.add("response_client", out)
                 await response.write(out)
+            if collector is not None:
+                collector.add(events)
         last = decoder.flush()
         _note_usage(last, exchange)
+        if collector is not None:
+            collector.add(last)
+            exchange.answer_texts = collector.texts()
         if restorer is not None:
             tail = b"".join(restorer.event(e) for e in last) + restorer.leftovers()
             if tail:

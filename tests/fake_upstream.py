@@ -54,6 +54,8 @@ class FakeUpstream:
     seed: int = 7
     stream_closed_early: asyncio.Event = field(default_factory=asyncio.Event)
     extra_fields: dict[str, Any] = field(default_factory=dict)
+    #: Put before every chat echo, so that an answer is not the very text it echoes.
+    reply_prefix: str = ""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -68,7 +70,7 @@ class FakeUpstream:
             return web.Response(status=self.status, body=self.error_body, content_type="application/json")
         if self.mode == "hang":
             await asyncio.sleep(3600)
-        text = last_user_text(body)
+        text = self.reply_prefix + last_user_text(body)
         n = int(body.get("n") or 1)
         tools = bool(body.get("tools"))
         if body.get("stream"):

@@ -419,3 +419,43 @@ async def test_streams_keep_flowing_while_a_large_request_is_analysed(
             assert await big_task == 200
     finally:
         await det.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_re_sent_answer_costs_no_analysis_and_leaks_nothing(
+    settings: Any, policy_book: Any, gateway_server: Any, fake_upstream: FakeUpstream, stream: bool
+) -> None:
+    """Turn 2 re-sends turn 1's restored answer: its findings are known from restoration, not analysed again."""
+    from gateway.app import create_app
+    from tests.conftest import MODEL
+
+    fake_upstream.reply_prefix = "Noted: "  # the answer is a text the gateway has not analysed
+    det = PresidioDetector(MODEL, workers=0, timeout=60, cache_entries=100)
+    await det.start()
+    try:
+        server = await gateway_server(create_app(settings, detector=det, policies=policy_book))
+        async with openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-x", max_retries=0) as c:
+            first: list[Any] = [{"role": "user", "content": PROMPT}]
+            answer: str | None
+            if stream:
+                parts = await c.chat.completions.create(model="m", messages=first, stream=True)
+                answer = "".join([chunk.choices[0].delta.content or "" async for chunk in parts if chunk.choices])
+            else:
+                answer = (await c.chat.completions.create(model="m", messages=first)).choices[0].message.content
+            assert answer == "Noted: " + PROMPT
+            misses = det.cache_misses
+            second: list[Any] = [
+                *first,
+                {"role": "assistant", "content": answer},
+                {"role": "user", "content": "Thanks!"},
+            ]
+            reply = await c.chat.completions.create(model="m", messages=second)
+            assert reply.choices[0].message.content == "Noted: Thanks!"
+        # Turn 2 analysed only its new message: the user turn was cached, the answer remembered.
+        assert det.cache_misses == misses + 1
+        assert_nothing_leaked(fake_upstream)
+        sent = fake_upstream.requests[-1]["messages"]
+        # The re-sent answer carries the same placeholders as the prompt it echoes.
+        assert sent[1]["content"] == "Noted: " + sent[0]["content"]
+    finally:
+        await det.close()

@@ -46,6 +46,11 @@ class WireApi:
     usage: Callable[[dict[str, Any]], tuple[int | None, int | None]]
     #: False for APIs with nothing to restore (embeddings).
     restores: bool = True
+    #: The plain texts of a whole answer that a client re-sends as they are on its next turn (a chat
+    #: message's content), before restoration. See ``Redactor.remember_answers``.
+    answer_texts: Callable[[dict[str, Any]], list[str]] = lambda _answer: []
+    #: The same for a stream: the (choice index, text piece) pairs one event adds to those texts.
+    answer_pieces: Callable[[dict[str, Any]], list[tuple[int, str]]] = lambda _event: []
 
 
 def listed(value: Any) -> list[Any]:

@@ -87,6 +87,28 @@ def _collect_parts(parts: list[Any], role: str | None, policy: Policy, slots: li
     return unscanned
 
 
+def message_contents(body: dict[str, Any]) -> list[str]:
+    """Each choice's message content, where it is one string (what a client re-sends as the assistant turn)."""
+    out = []
+    for choice in listed(body.get("choices")):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            out.append(message["content"])
+    return out
+
+
+def delta_contents(chunk: dict[str, Any]) -> list[tuple[int, str]]:
+    """A stream chunk's content pieces per choice index: the stream form of ``message_contents``."""
+    out = []
+    for choice in listed(chunk.get("choices")):
+        if not isinstance(choice, dict) or not isinstance(choice.get("index", 0), int):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            out.append((choice.get("index", 0), delta["content"]))
+    return out
+
+
 def restore_completion(body: dict[str, Any], table: Mapping[str, str]) -> tuple[int, int]:
     """Restore placeholders in every choice of a whole answer, in place. Returns (restored, unresolved)."""
     text = PlaceholderRestorer(table)
@@ -273,6 +295,8 @@ CHAT = WireApi(
     restore_body=restore_completion,
     stream_restorer=ChatStreamRestorer,
     usage=openai_usage,
+    answer_texts=message_contents,
+    answer_pieces=delta_contents,
 )
 
 COMPLETIONS = WireApi(
