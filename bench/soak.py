@@ -199,15 +199,21 @@ def classify(kind: str, prompt: str, status: int, headers: Any, raw: bytes) -> t
             if _error_code(chunk) is not None:
                 error = _error_code(chunk)
                 continue
-            for choice in chunk.get("choices") or []:
+            choices = chunk.get("choices")
+            # A malformed upstream chunk is relayed as it came: any shape can turn up here.
+            for choice in choices if isinstance(choices, list) else []:
                 delta = choice.get("delta") if isinstance(choice, dict) else None
                 if not isinstance(delta, dict):
                     continue
                 if tools:
-                    for call in delta.get("tool_calls") or []:
-                        text.append(((call.get("function") or {}).get("arguments")) or "")
+                    calls = delta.get("tool_calls")
+                    for call in calls if isinstance(calls, list) else []:
+                        function = call.get("function") if isinstance(call, dict) else None
+                        arguments = function.get("arguments") if isinstance(function, dict) else None
+                        text.append(arguments if isinstance(arguments, str) else "")
                 else:
-                    text.append(delta.get("content") or "")
+                    content = delta.get("content")
+                    text.append(content if isinstance(content, str) else "")
         if error is not None:
             return "failed_clean", f"sse:{error}"
         joined = "".join(text)
