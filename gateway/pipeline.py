@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -70,8 +71,9 @@ class Gateway:
     rate: RateLimiter
     recorder: TranscriptRecorder | None = None
 
-    @property
+    @cached_property
     def keys_required(self) -> bool:
+        # Settings never change under a running app; this walks the upstreams, so once is enough.
         return self.settings.holds_upstream_keys or self.settings.auth.require_keys
 
     def authenticate(self, request: web.Request) -> Principal:
