@@ -127,7 +127,9 @@ class PlaceholderRestorer:
 
     def __init__(self, table: Mapping[str, str], *, json_escape: bool = False) -> None:
         self._values = {k: json_escaped(v) for k, v in table.items()} if json_escape else dict(table)
-        self._prefixes = frozenset(p[:i] for p in table for i in range(1, len(p)))
+        #: Proper prefixes of this request's placeholders; built on the first feed() that needs them
+        #: (restore() never does, and a long conversation has hundreds of placeholders).
+        self._prefix_set: frozenset[str] | None = None
         self._held = ""
         self.restored = 0
         self.unresolved = 0
@@ -138,12 +140,17 @@ class PlaceholderRestorer:
             self._held = ""
             return buffer
         cut = buffer.rfind("<")
-        if buffer[cut:] in self._prefixes:
+        if buffer[cut:] in self._prefixes():
             self._held = buffer[cut:]
             buffer = buffer[:cut]
         else:
             self._held = ""
         return self._replace(buffer)
+
+    def _prefixes(self) -> frozenset[str]:
+        if self._prefix_set is None:
+            self._prefix_set = frozenset(p[:i] for p in self._values for i in range(1, len(p)))
+        return self._prefix_set
 
     def flush(self) -> str:
         held, self._held = self._held, ""

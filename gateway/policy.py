@@ -53,10 +53,11 @@ class Action(StrEnum):
 
     @property
     def strength(self) -> int:
-        return len(ACTION_ORDER) - ACTION_ORDER.index(self)
+        return _STRENGTH[self]
 
 
 ACTION_ORDER: tuple[Action, ...] = tuple(Action)
+_STRENGTH: dict[Action, int] = {action: len(ACTION_ORDER) - i for i, action in enumerate(ACTION_ORDER)}
 
 
 class _Strict(BaseModel):

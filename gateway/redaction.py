@@ -15,6 +15,7 @@ The steps, in order (the order is the contract ``docs/policies.md`` documents):
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import re
@@ -322,13 +323,21 @@ def _propagate(slots: Sequence[Slot], spans: list[list[Span]]) -> list[list[Span
         by_first, unindexed = index
         text = slot.text
         candidates = [c for word in set(_WORDS.findall(text)) for c in by_first.get(word, ())]
-        extra = [
-            Span(start, start + len(needle), origin.entity_type, origin.action, origin.score)
-            for needle, value in (*candidates, *unindexed)
-            if needle in text
-            for origin in (found[value],)
-            for start in _whole_word_occurrences(text, needle)
-        ]
+        # per_slot is merged: sorted and disjoint. An occurrence inside one of its spans, with no stronger
+        # action, changes nothing (most are the slot's own findings, found again): skipped, so that
+        # only slots that gain something are merged again.
+        starts = [sp.start for sp in per_slot]
+        extra = []
+        for needle, value in (*candidates, *unindexed):
+            if needle not in text:
+                continue
+            origin = found[value]
+            for start in _whole_word_occurrences(text, needle):
+                end = start + len(needle)
+                i = bisect.bisect_right(starts, start) - 1
+                if i >= 0 and per_slot[i].end >= end and per_slot[i].action.strength >= origin.action.strength:
+                    continue
+                extra.append(Span(start, end, origin.entity_type, origin.action, origin.score))
         out.append(_merge([*per_slot, *extra]) if extra else per_slot)
     return out
 
