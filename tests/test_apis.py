@@ -263,3 +263,54 @@ async def test_routing_by_model_to_several_upstreams_and_unknown_models(
         async with session.post(str(server.make_url("/v1/messages")), json=body) as r:
             assert r.status == 404
             assert (await r.json())["type"] == "error"  # Anthropic's shape for an Anthropic route
+
+
+# --- the same data through every door -------------------------------------------------------------
+
+
+async def test_every_api_forwards_what_chat_forwards_for_the_detection_benchmarks_data(
+    oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic, multi: MultiUpstream
+) -> None:
+    """A mixed sample of bench/detection.py's data (presidio-evaluator sentences and chat prompts),
+    through each API: the upstream gets, text for text, what chat completions forwards, and every
+    answer comes back as it was sent. No API is a door that hides less than chat does.
+
+    (How much chat itself leaks on this data is the detection benchmark's figure: docs/detection.md.)
+    """
+    from bench.detection import build_samples
+
+    samples = build_samples(12, 12, seed=5)
+
+    async def chat(text: str) -> tuple[str, str]:
+        reply = await oai.chat.completions.create(model="m", messages=[{"role": "user", "content": text}])
+        return multi.requests[-1]["messages"][-1]["content"], reply.choices[0].message.content or ""
+
+    async def responses(text: str) -> tuple[str, str]:
+        reply = await oai.responses.create(model="m", input=text, store=False)
+        return multi.requests[-1]["input"], reply.output_text
+
+    async def messages(text: str) -> tuple[str, str]:
+        reply = await claude.messages.create(model="c", max_tokens=50, messages=[{"role": "user", "content": text}])
+        block = reply.content[0]
+        return multi.requests[-1]["messages"][-1]["content"], block.text if block.type == "text" else ""
+
+    async def completions(text: str) -> tuple[str, str]:
+        reply = await oai.completions.create(model="c", prompt=text)
+        return multi.requests[-1]["prompt"], reply.choices[0].text
+
+    async def embeddings(text: str) -> tuple[str, str]:
+        await oai.embeddings.create(model="e", input=text)
+        return multi.requests[-1]["input"], text  # nothing comes back to restore
+
+    doors = {"responses": responses, "anthropic": messages, "completions": completions, "embeddings": embeddings}
+    redacted = 0
+    for sample in samples:
+        forwarded, answer = await chat(sample.text)
+        assert answer == sample.text
+        redacted += forwarded != sample.text
+        for name, door in doors.items():
+            other, answer = await door(sample.text)
+            assert other == forwarded, f"{name} forwards something else than chat for {sample.id}"
+            assert answer == sample.text, name
+    # The comparison means something only if chat did redact: most of these texts hold a value it finds.
+    assert redacted >= len(samples) // 2
