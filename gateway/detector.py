@@ -131,6 +131,13 @@ def load_nlp(model: str, disable: tuple[str, ...] = ()) -> Any:
     for name in disable:
         if name in nlp.pipe_names:
             nlp.disable_pipe(name)
+    # A shared embedding layer stays on while an enabled component still reads it (NER does in some
+    # models, not in spaCy's en_core_web_sm/md/lg).
+    for name in ("tok2vec", "transformer"):
+        if name in nlp.component_names and name not in nlp.pipe_names:
+            listeners = getattr(nlp.get_pipe(name), "listening_components", [])
+            if any(c in nlp.pipe_names for c in listeners):
+                nlp.enable_pipe(name)
     return nlp
 
 
@@ -145,8 +152,14 @@ def _nlp_engine_class() -> Any:
     """
     from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
 
+    from .recognizers.names import LAZY_TAGGER
+
     class LemmaFallbackNlpEngine(SpacyNlpEngine):
         def _doc_to_nlp_artifact(self, doc: Any, language: str) -> NlpArtifacts:
+            pipelines: Any = self.nlp
+            nlp = pipelines[language]
+            if "tagger" in nlp.component_names and "tagger" not in nlp.pipe_names:
+                doc.user_data[LAZY_TAGGER] = nlp  # names.pos() tags the doc when a rule needs it
             artifacts = super()._doc_to_nlp_artifact(doc, language)
             lemmas = [lemma or token.lower_ for lemma, token in zip(artifacts.lemmas, doc, strict=True)]
             artifacts.lemmas = lemmas
@@ -159,7 +172,9 @@ def _nlp_engine_class() -> Any:
 
 
 #: spaCy components detection does without (``nlp.disable`` in the settings has the same default).
-DISABLED_COMPONENTS = ("parser", "lemmatizer", "attribute_ruler")
+#: The tagger and the embedding layer it listens to are not run with the pipeline but on demand, for
+#: the texts where a name rule asks for a part of speech (``recognizers.names.pos``).
+DISABLED_COMPONENTS = ("parser", "lemmatizer", "attribute_ruler", "tagger", "tok2vec")
 
 
 def build_engine(

