@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -19,7 +18,7 @@ import pytest
 from gateway.app import create_app
 from gateway.detector import PresidioDetector
 from gateway.policy import PolicyBook
-from gateway.settings import Settings
+from gateway.settings import LimitSettings, Settings
 from tests.conftest import ServerFactory
 from tests.fake_upstream import FakeUpstream
 
@@ -92,19 +91,13 @@ async def test_the_gateway_still_serves_after_bad_heads(gateway_url: str, fake_u
 
 
 async def test_a_head_that_never_completes_is_cut_off(
-    upstream_url: str,
+    settings: Settings,
     detector: PresidioDetector,
     policy_book: PolicyBook,
     gateway_server: ServerFactory,
-    tmp_path: Path,
 ) -> None:
     """A slowloris head is closed once ``header_read_seconds`` pass, however steadily it dribbles."""
-    settings = Settings(
-        upstream=upstream_url,
-        data_dir=tmp_path / "data",
-        detector={"workers": 0},  # type: ignore[arg-type]
-        limits={"header_read_seconds": 0.5},  # type: ignore[arg-type]
-    )
+    settings = settings.model_copy(update={"limits": LimitSettings(header_read_seconds=0.5)})
     server = await gateway_server(create_app(settings, detector=detector, policies=policy_book))
     reader, writer = await asyncio.open_connection(*address(str(server.make_url(""))))
     sent = 0

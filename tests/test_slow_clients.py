@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -21,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import create_app
 from gateway.detector import PresidioDetector
 from gateway.policy import PolicyBook
-from gateway.settings import Settings
+from gateway.settings import LimitSettings, Settings
 from tests.fake_upstream import FakeUpstream
 
 SLOW_HEADERS = 50
@@ -120,21 +119,15 @@ async def test_slow_headers_and_slow_bodies_do_not_starve_other_clients(
 
 
 async def test_slow_bodies_do_not_use_up_the_concurrency_slots(
-    upstream_url: str,
+    settings: Settings,
     fake_upstream: FakeUpstream,
     detector: PresidioDetector,
     policy_book: PolicyBook,
-    aiohttp_server: ServerFactory,
-    tmp_path: Path,
+    gateway_server: ServerFactory,
 ) -> None:
     """In pass-through mode every anonymous client shares one key (the default tenant) for the caps."""
-    settings = Settings(
-        upstream=upstream_url,
-        data_dir=tmp_path / "data",
-        detector={"workers": 0},  # type: ignore[arg-type]
-        limits={"max_concurrent_per_key": 4},  # type: ignore[arg-type]
-    )
-    server = await aiohttp_server(create_app(settings, detector=detector, policies=policy_book))
+    settings = settings.model_copy(update={"limits": LimitSettings(max_concurrent_per_key=4)})
+    server = await gateway_server(create_app(settings, detector=detector, policies=policy_book))
     url = str(server.make_url(""))
     host, port = address(url)
     warmed = [asyncio.Event() for _ in range(6)]
