@@ -137,7 +137,8 @@ def piece_delta(answer: Answer, piece: str) -> dict[str, Any]:
     return {"content": piece}
 
 
-def cut(text: str, rng: random.Random, low: int = 1, high: int = 8) -> list[str]:
+def cut(text: str, rng: random.Random, low: int = 1, high: int = 4) -> list[str]:
+    """``text`` in pieces of ``low`` to ``high`` characters (the tests' fake upstreams use this too)."""
     pieces: list[str] = []
     i = 0
     while i < len(text):
@@ -155,7 +156,7 @@ def stream_events(answer: Answer, rng: random.Random, *, done: bool = True, fini
             {"index": 0, "id": "call_0", "type": "function", "function": {"name": "echo", "arguments": ""}}
         ]
     events = [sse(chunk(answer, first))]
-    events += [sse(chunk(answer, piece_delta(answer, p))) for p in cut(answer.payload, rng)]
+    events += [sse(chunk(answer, piece_delta(answer, p))) for p in cut(answer.payload, rng, high=8)]
     if finish:
         events.append(sse(chunk(answer, {}, "tool_calls" if answer.tools else "stop")))
     if answer.usage:

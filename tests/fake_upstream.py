@@ -23,6 +23,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from bench.fault_upstream import cut
+
 
 def last_user_text(body: dict[str, Any]) -> str:
     for message in reversed(body.get("messages") or []):
@@ -32,16 +34,6 @@ def last_user_text(body: dict[str, Any]) -> str:
                 return content
             return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
-
-
-def cut(text: str, rng: random.Random, low: int = 1, high: int = 4) -> list[str]:
-    pieces = []
-    i = 0
-    while i < len(text):
-        size = rng.randint(low, high)
-        pieces.append(text[i : i + size])
-        i += size
-    return pieces
 
 
 @dataclass

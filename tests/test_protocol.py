@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -19,30 +18,19 @@ from gateway.app import create_app
 from gateway.detector import PresidioDetector
 from gateway.policy import PolicyBook
 from gateway.settings import LimitSettings, Settings
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, raw_connection
 from tests.fake_upstream import FakeUpstream
 
 SECRET = "sk-proj-HEADERSECRET0123456789abcdef"
 START = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
 
 
-def address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
-    return parts.hostname, parts.port
-
-
 async def exchange(url: str, raw: bytes) -> tuple[int, bytes, bytes]:
     """Send raw bytes, read until the server closes: (status, head, body)."""
-    reader, writer = await asyncio.open_connection(*address(url))
-    try:
+    async with raw_connection(url) as (reader, writer):
         writer.write(raw)
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), 30)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), head, body
 
@@ -99,21 +87,15 @@ async def test_a_head_that_never_completes_is_cut_off(
     """A slowloris head is closed once ``header_read_seconds`` pass, however steadily it dribbles."""
     settings = settings.model_copy(update={"limits": LimitSettings(header_read_seconds=0.5)})
     server = await gateway_server(create_app(settings, detector=detector, policies=policy_book))
-    reader, writer = await asyncio.open_connection(*address(str(server.make_url(""))))
     sent = 0
-    try:
-        writer.write(START + b"X-Slow: ")
-        # A bound, not a timing: a connection still open after 200 dribbles (≥ 10 s) was never cut off.
-        while sent < 200 and not reader.at_eof():
-            writer.write(b"x")
-            await writer.drain()
-            sent += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reader.read(1), 0.05)
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
+    async with raw_connection(str(server.make_url(""))) as (reader, writer):
         with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+            writer.write(START + b"X-Slow: ")
+            # A bound, not a timing: a connection still open after 200 dribbles (≥ 10 s) was never cut off.
+            while sent < 200 and not reader.at_eof():
+                writer.write(b"x")
+                await writer.drain()
+                sent += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reader.read(1), 0.05)
     assert sent < 200, "the slow head was never cut off"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -21,6 +20,7 @@ from gateway.app import create_app
 from gateway.detector import PresidioDetector
 from gateway.policy import PolicyBook
 from gateway.settings import LimitSettings, Settings
+from tests.conftest import address, raw_connection
 from tests.fake_upstream import FakeUpstream
 
 SLOW_HEADERS = 50
@@ -74,12 +74,6 @@ class SlowClient:
             self.writer.close()
             with contextlib.suppress(ConnectionError):
                 await self.writer.wait_closed()
-
-
-def address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
-    return parts.hostname, parts.port
 
 
 async def test_slow_headers_and_slow_bodies_do_not_starve_other_clients(
@@ -161,8 +155,7 @@ async def read_status_and_body(reader: asyncio.StreamReader) -> tuple[int, dict[
 async def test_a_declared_oversized_body_is_refused_before_it_is_sent(
     gateway_url: str, fake_upstream: FakeUpstream
 ) -> None:
-    reader, writer = await asyncio.open_connection(*address(gateway_url))
-    try:
+    async with raw_connection(gateway_url) as (reader, writer):
         writer.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {LIMIT + 1}\r\n\r\n".encode()
@@ -171,10 +164,6 @@ async def test_a_declared_oversized_body_is_refused_before_it_is_sent(
         await writer.drain()
         # Only a few bytes of the 8 MiB + 1 were sent: the answer cannot have waited for the rest.
         status, body = await read_status_and_body(reader)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
     assert status == 413
     assert body["error"]["code"] == "payload_too_large"  # type: ignore[index]
     assert fake_upstream.requests == []
@@ -183,10 +172,9 @@ async def test_a_declared_oversized_body_is_refused_before_it_is_sent(
 async def test_a_chunked_body_that_grows_past_the_limit_is_refused_while_it_is_still_coming(
     gateway_url: str, fake_upstream: FakeUpstream
 ) -> None:
-    reader, writer = await asyncio.open_connection(*address(gateway_url))
     sent = 0
 
-    async def keep_sending() -> None:
+    async def keep_sending(writer: asyncio.StreamWriter) -> None:
         nonlocal sent
         piece = b"x" * (256 * 1024)
         frame = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
@@ -197,20 +185,16 @@ async def test_a_chunked_body_that_grows_past_the_limit_is_refused_while_it_is_s
             await writer.drain()
             sent += len(piece)
 
-    try:
+    async with raw_connection(gateway_url) as (reader, writer):
         writer.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
-        sender = asyncio.create_task(keep_sending())
+        sender = asyncio.create_task(keep_sending(writer))
         status, body = await read_status_and_body(reader)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await sender
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
     assert status == 413
     assert body["error"]["code"] == "payload_too_large"  # type: ignore[index]
     assert fake_upstream.requests == []
