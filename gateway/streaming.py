@@ -11,7 +11,8 @@ failure after the headers went out reaches the client as one SSE error event, th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -59,8 +60,8 @@ class _AnswerCollector:
     It reads the events after they were written to the client: it adds nothing to their latency.
     """
 
-    def __init__(self, api: WireApi) -> None:
-        self.api = api
+    def __init__(self, pieces_of: Callable[[dict[str, Any]], list[tuple[int, str]]]) -> None:
+        self.pieces_of = pieces_of
         self.pieces: dict[int, list[str]] = {}
 
     def add(self, events: list[SSEEvent]) -> None:
@@ -69,7 +70,7 @@ class _AnswerCollector:
                 continue
             try:
                 parsed = orjson.loads(event.data)
-                pieces = self.api.answer_pieces(parsed) if isinstance(parsed, dict) else []
+                pieces = self.pieces_of(parsed) if isinstance(parsed, dict) else []
             except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError, ValueError):
                 continue
             for index, piece in pieces:
@@ -124,7 +125,7 @@ async def relay_stream(
     await response.prepare(request)
     exchange.status = reply.status
     restorer = _EventRestorer(api.stream_restorer(table)) if table and api.restores else None
-    collector = _AnswerCollector(api) if collect else None
+    collector = _AnswerCollector(api.answer_pieces) if collect and api.answer_pieces is not None else None
     decoder = SSEDecoder()
     capture = exchange.capture
     try:

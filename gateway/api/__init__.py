@@ -50,7 +50,8 @@ class WireApi:
     #: message's content), before restoration. See ``Redactor.remember_answers``.
     answer_texts: Callable[[dict[str, Any]], list[str]] = lambda _answer: []
     #: The same for a stream: the (choice index, text piece) pairs one event adds to those texts.
-    answer_pieces: Callable[[dict[str, Any]], list[tuple[int, str]]] = lambda _event: []
+    #: None: the API's streams are not collected (their events are then never parsed for this).
+    answer_pieces: Callable[[dict[str, Any]], list[tuple[int, str]]] | None = None
 
 
 def listed(value: Any) -> list[Any]:
