@@ -26,6 +26,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .errors import BadRequest, GatewayError, HeadersTooLarge
+from .exchange import new_request_id
 
 log = logging.getLogger("gateway.protocol")
 
@@ -58,12 +59,23 @@ class GatewayRequestHandler(RequestHandler):
             # Part of an answer is out already: only closing the connection is left (aiohttp's rule).
             raise ConnectionError("Response is sent already, cannot send another response")
         error = parse_error(exc, status)
+        request_id = new_request_id()
         # The exception's text quotes request bytes; only its class is logged.
         log.warning(
             "request rejected before routing",
-            extra={"status": error.status, "error_code": error.code, "error": type(exc).__name__ if exc else None},
+            extra={
+                "request_id": request_id,
+                "status": error.status,
+                "error_code": error.code,
+                "error": type(exc).__name__ if exc else None,
+            },
         )
-        response = web.Response(status=error.status, body=error.to_json(), content_type="application/json")
+        response = web.Response(
+            status=error.status,
+            body=error.to_json(),
+            content_type="application/json",
+            headers={"X-Request-Id": request_id},
+        )
         response.force_close()
         return response
 

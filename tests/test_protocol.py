@@ -64,6 +64,9 @@ async def test_a_bad_head_gets_a_json_error_that_quotes_nothing(
     assert error["type"] == "invalid_request_error"
     assert SECRET not in body.decode("latin-1")
     assert "HEADERSECRET" not in caplog.text
+    # The log line and the answer carry the same request id, as every other exchange does.
+    request_id = raw_head.split(b"X-Request-Id: ", 1)[1].split(b"\r\n", 1)[0].decode()
+    assert any(getattr(r, "request_id", None) == request_id for r in caplog.records)
     assert fake_upstream.requests == []
 
 
