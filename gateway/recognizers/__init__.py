@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import addresses, credentials, financial, names, phones
+from . import addresses, credentials, financial, lexicon, names, phones
 
 #: Entity types produced by the recognizers in this package (policies may name these).
 ENTITY_TYPES: frozenset[str] = frozenset({credentials.ENTITY, addresses.ENTITY})
@@ -42,4 +42,5 @@ def build(language: str, regions: tuple[str, ...]) -> list[Any]:
         *phones.recognizers(language, regions),
         *financial.recognizers(language),
         *names.recognizers(language),
+        *lexicon.recognizers(language),
     ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 
+from ..lexicons import lexicon
 from .rules import Check, Rule, RuleRecognizer, phrase_regex, window, words
 
 ENTITY = "STREET_ADDRESS"
@@ -408,17 +409,23 @@ _MILITARY = re.compile(
 
 #: "lives at Via Venezia 88", "the corner of Bartákova 437 and ...": many countries write a street as a
 #: name and a number with no type word at all. Only after a phrase that says an address follows, and
-#: with a number of two digits or more ("moved to Python 3" is not an address).
+#: with a name English does not know or a foreign street word ("ship to Android 14" is not an address,
+#: "lives at Via Venezia 88" is), and a number of two digits or more or a name made only of unknown
+#: words ("drops you off at Parkring 7").
 _ADDRESS_CUE = (
     r"(?i:\b(?:lives?|lived|living|resides?|reside[sd]|located|situated|based|staying|stays?)[ \t]{1,3}(?:at|on|in)"
     r"|\b(?:moved|move|ship|send|deliver|taxi|drive|driver|mail|post)[ \t]{1,3}(?:it[ \t]{1,3})?to"
-    r"|\b(?:corner|side|end)[ \t]{1,3}of|\b(?:meet|stop|arrived|address|office|restaurant|shop|store|house|flat)"
-    r"\b[\w \t]{0,12}?[ \t](?:at|is)|\baddress(?:es)?[ \t]*[:=]|\band)"
+    r"|\bmoved[ \t]{1,3}from|\b(?:drops?|dropped|picks?|picked)[ \t]{1,3}(?:\w{1,8}[ \t]{1,3})?(?:off|up)[ \t]{1,3}at"
+    r"|\b(?:enter|entrance|parking|park)[ \t]{1,3}(?:is[ \t]{1,3})?on"
+    r"|\b(?:corner|side|end)[ \t]{1,3}of"
+    r"|\b(?:meet|stop|station|arrived|address|office|restaurant|shop|store|house|flat)"
+    r"\b[\w \t]{0,12}?[ \t](?:at|is|is[ \t]on)"
+    r"|\b(?:address(?:es)?|street|strasse|straße|calle|rue|via)[ \t]*[:=]|\band)"
 )
 _CUED_NAME_NUMBER = re.compile(
-    rf"(?P<cue>{_ADDRESS_CUE})[ \t]{{1,3}}(?:the[ \t]{{1,3}})?"
+    rf"(?P<cue>{_ADDRESS_CUE})(?:[ \t]{{1,3}}|(?<=[:=])[ \t]{{0,3}})(?:the[ \t]{{1,3}})?"
     rf"(?P<street>(?:\d{{1,6}}[ \t]{{1,3}})?(?P<name>{_NAME_WORDS})[ \t]{{1,3}}"
-    rf"(?P<num>\d{{2,4}}[a-zA-Z]?)(?!\w|[.,:/%°-]\w))"
+    rf"(?P<num>\d{{1,4}}[a-zA-Z]?)(?!\w|[.,:/%°-]\w))"
 )
 
 
@@ -428,10 +435,20 @@ def _check_cued_name_number(m: re.Match[str], start: int, end: int) -> tuple[int
         return None  # "Via", "Rue" are street types here, not English words
     if m.group("cue").lower() == "and" and not _after_corner(m):
         return None
-    num = int(re.sub(r"\D.*", "", m.group("num")) or "0")
+    if not any(_unknown_word(t) or _bare(t) in FOREIGN_TYPES for t in tokens):
+        return None  # "ship to Android 14", "send to Team 2": English words and a number are no street
+    digits = re.sub(r"\D.*", "", m.group("num"))
+    if len(digits) == 1 and not all(_unknown_word(t) for t in tokens):
+        return None  # one digit only after words English does not know ("Parkring 7")
+    num = int(digits or "0")
     if num == 0 or (1900 <= num <= 2100 and len(m.group("num")) == 4):
         return None  # "moved to Berlin 2019": a year
     return _complete(m.string, m.start("street"), m.end("street"), 0.5)
+
+
+def _unknown_word(word: str) -> bool:
+    bare = _bare(word)
+    return len(bare) > 2 and bare not in lexicon().known
 
 
 def _after_corner(m: re.Match[str]) -> bool:
