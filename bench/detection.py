@@ -49,7 +49,8 @@ from aiohttp import web
 
 from bench.chat_prompts import LOCALES, TEMPLATES, Sample, Span, chat_samples
 from gateway.app import create_app
-from gateway.detector import PresidioDetector, load_nlp
+from gateway.detector import PresidioDetector, keep_tldextract_offline, load_nlp
+from gateway.lexicons import lexicon
 from gateway.policy import Action, Policy, load_policy_dir
 from gateway.settings import DetectorSettings, Settings, bundled_policies_dir
 from tests.fake_upstream import FakeUpstream, last_user_text
@@ -118,8 +119,8 @@ OVER_RULE = (
 
 
 def _offline() -> None:
-    """Keep Presidio off the network: tldextract reads this when first imported, so call it before that."""
-    os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""
+    """Keep Presidio off the network (tldextract's suffix list), here and in the gateway's workers."""
+    keep_tldextract_offline()
 
 
 # --- the labelled set -------------------------------------------------------------------------------
@@ -698,6 +699,21 @@ def _restoration(
     return result
 
 
+def person_in_census(samples: Sequence[Sample]) -> float:
+    """The share (%) of PERSON values every word of which is in the shipped census name lists.
+
+    ``NameLexiconRecognizer`` reads those lists; this says how much of the benchmark's names they cover,
+    since a generator's common names are largely the census's common names.
+    """
+    lex = lexicon()
+    names = [s.text[span.start : span.end] for s in samples for span in s.spans if bench_label(span.label) == "PERSON"]
+    covered = 0
+    for name in names:
+        words = [w.lower() for w in re.findall(r"[^\W\d_]{2,}", name)]
+        covered += bool(words) and all(w in lex.given or w in lex.surnames for w in words)
+    return 100.0 * covered / len(names) if names else 0.0
+
+
 def _progress(options: Options, message: str) -> None:
     if not options.quiet:
         print(message, file=sys.stderr, flush=True)
@@ -755,6 +771,7 @@ async def run(options: Options) -> Report:
         "policy": options.policy,
         "revision": _revision(),
         "kept_placeholders": sorted(gateway.kept),
+        "person_in_census": round(person_in_census(samples), 1),
         "model": options.model,
         "model_package": MODEL_PACKAGE if options.model == MODEL else options.model,
         "presidio_analyzer": _version("presidio-analyzer"),
@@ -900,6 +917,11 @@ def format_markdown(report: Report) -> str:
         for name, c in report.by_source.items()
     )
     md += ["", f"Overall leak by source: {sources}."]
+    md.append(
+        f"PERSON values every word of which is in the census name lists `NameLexiconRecognizer` reads "
+        f"(`gateway/lexicons`): {cfg.get('person_in_census', '–')} %. Those lists are US name frequencies, "
+        "not the generators' lists; common names are common in both."
+    )
     unscorable = report.overall.unscorable
     if unscorable:
         md.append(f"Unscorable values left out of the scored labels: {unscorable}.")

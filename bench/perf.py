@@ -340,7 +340,9 @@ def install_litellm() -> str:
 
 def stock_engine(model: str = MODEL, language: str = "en") -> Any:
     """Stock Presidio: predefined recognizers and defaults, over the same loaded spaCy model (no download)."""
-    os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""
+    from gateway.detector import keep_tldextract_offline
+
+    keep_tldextract_offline()
     import spacy
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import SpacyNlpEngine
@@ -921,7 +923,9 @@ async def run_conversations(results: Results, pool: TextPool, sampler: RssSample
 
 async def detection_bench(texts: Sequence[Text]) -> DetectionResult:
     """Fresh ~700-char messages, one at a time in this process: the gateway's detector vs stock Presidio."""
-    os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""
+    from gateway.detector import keep_tldextract_offline
+
+    keep_tldextract_offline()
     from bench.detection import SCORED, leaked, replace_findings
     from gateway.detector import PresidioDetector
     from gateway.policy import load_policy_dir

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import logs
 from .crypto import CryptoError
-from .detector import ModelMissing
+from .detector import ModelMissing, keep_tldextract_offline
 from .keys import KeyFileError
 from .policy import PolicyError
 from .settings import Settings, SettingsError, load_settings
@@ -147,6 +147,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_tldextract_offline()
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)

@@ -123,7 +123,7 @@ def load_nlp(model: str, disable: tuple[str, ...] = ()) -> Any:
     ``disable`` drops components detection does not use: the dependency parser costs about a
     quarter of the pipeline's time, and Presidio reads only entities, tokens and lemmas.
     """
-    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    keep_tldextract_offline()
     check_model(model)
     import spacy
 
@@ -181,7 +181,7 @@ def build_engine(
     model: str, language: str, regions: tuple[str, ...] = (), disable: tuple[str, ...] = DISABLED_COMPONENTS
 ) -> Any:
     """An AnalyzerEngine over an already-loaded spaCy pipeline, with our recognizers. Never downloads."""
-    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    keep_tldextract_offline()
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
     from . import recognizers
@@ -300,8 +300,25 @@ def _warm(model: str, language: str, disable: tuple[str, ...], region_sets: tupl
         _worker_engine(model, language, regions, disable)
 
 
-def _init_worker() -> None:
+def keep_tldextract_offline() -> None:
+    """Make tldextract use the suffix list it bundles and never fetch one, in this process and its children.
+
+    tldextract builds its module-wide extractor when first imported, reading
+    ``TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS`` then; importing Presidio imports it (our recognizers import
+    Presidio), so the variable alone comes too late once anything has. An extractor built before is
+    replaced by an offline one. Set for child processes too; an operator's own value is kept.
+    """
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    module = sys.modules.get("tldextract.tldextract")
+    if module is None:
+        return
+    current = getattr(module, "TLD_EXTRACTOR", None)
+    if current is not None and current.suffix_list_urls and not os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"]:
+        setattr(module, "TLD_EXTRACTOR", type(current)(suffix_list_urls=()))  # noqa: B010  # a module global
+
+
+def _init_worker() -> None:
+    keep_tldextract_offline()
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
-from gateway.detector import DISABLED_COMPONENTS, build_engine, load_nlp
+from gateway.detector import DISABLED_COMPONENTS, build_engine, keep_tldextract_offline, load_nlp
 from gateway.recognizers.names import pos
 from tests.conftest import MODEL
 
@@ -49,3 +50,18 @@ def test_a_context_word_still_raises_a_score(engine: Any) -> None:
 
     # Presidio's SSN recognizer gives a bare pattern a low score and lifts it with "ssn" nearby.
     assert score("My ssn is 536-22-8174 for the form.") > score("The code 536-22-8174 for the form.")
+
+
+def test_tldextract_is_kept_offline_even_when_imported_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing Presidio imports tldextract, whose module-wide extractor would fetch the suffix list."""
+    import tldextract
+    import tldextract.tldextract as module
+
+    monkeypatch.delenv("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", raising=False)
+    online = module.TLDExtract()  # what an import before the variable was set builds
+    assert online.suffix_list_urls
+    monkeypatch.setattr(module, "TLD_EXTRACTOR", online)
+    keep_tldextract_offline()
+    assert module.TLD_EXTRACTOR.suffix_list_urls == ()
+    assert os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] == ""  # and for the worker processes
+    assert tldextract.extract("mail.example.co.uk").suffix == "co.uk"  # from the bundled snapshot
