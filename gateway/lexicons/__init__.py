@@ -26,6 +26,10 @@ class Lexicon:
     wordy: frozenset[str]
     known: frozenset[str]
 
+    def unknown(self, lower: str) -> bool:
+        """Whether English text hardly uses this lower-case word (``sultygov``, ``parkring``)."""
+        return len(lower) > 2 and lower not in self.known
+
 
 def _read(name: str) -> list[str]:
     data = resources.files("gateway.lexicons").joinpath(name).read_bytes()

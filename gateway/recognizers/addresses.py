@@ -447,8 +447,7 @@ def _check_cued_name_number(m: re.Match[str], start: int, end: int) -> tuple[int
 
 
 def _unknown_word(word: str) -> bool:
-    bare = _bare(word)
-    return len(bare) > 2 and bare not in lexicon().known
+    return lexicon().unknown(_bare(word))
 
 
 def _after_corner(m: re.Match[str]) -> bool:

@@ -107,7 +107,7 @@ def _kind(word: str, lex: Lexicon) -> str:
         return "surname_wordy" if lower in lex.common_surnames else "stop"
     if lower in lex.surnames:
         return "surname"
-    if lower not in lex.known and len(lower) >= 3:
+    if lex.unknown(lower):
         if not lower.isascii() or _SURNAME_ENDING.search(lower):
             return "rare_script"
         return "unknown"
@@ -220,11 +220,13 @@ class NameLexiconRecognizer(RuleRecognizer):
                 for token in ent:
                     labels[token.idx] = ent.label_
         results = []
-        english = self.english(text)
+        english: bool | None = None  # read only when a rule that needs it fires
         for start, end, score, rule in self.spans(text, labels):
-            if not english and rule in _ENGLISH_ONLY:
-                continue  # German nouns are capitalised, and "Büro" is no name
-
+            if rule in _ENGLISH_ONLY:
+                if english is None:
+                    english = self.english(text)
+                if not english:
+                    continue  # German nouns are capitalised, and "Büro" is no name
             results.append(self.result(start, end, score, rule))
         return list(EntityRecognizer.remove_duplicates(results))
 
