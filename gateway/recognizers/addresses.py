@@ -82,13 +82,25 @@ _US_STATE = (
 _UK_POSTCODE = r"[A-Z]{1,2}\d[A-Z\d]?[ \t]?\d[A-Z]{2}"
 _CA_POSTCODE = r"[A-Z]\d[A-Z][ \t]?\d[A-Z]\d"
 _POSTCODE = rf"(?:\d{{4,6}}(?:-\d{{3,4}})?|{_UK_POSTCODE}|{_CA_POSTCODE}|\d{{4}}[ \t]?[A-Z]{{2}})"
-_PLACE_WORD = r"(?:[A-ZÀ-ÖØ-ÞĀ-Ž][a-z]{0,2}\.|[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’-]{1,30})"
-_PLACE = rf"{_PLACE_WORD}(?:[ \t]{{1,2}}(?:[a-zà-ÿ]{{1,4}}[ \t]{{1,2}}){{0,2}}{_PLACE_WORD}){{0,3}}(?:[ \t]\d{{1,3}})?"
+#: A capital of the Latin, Greek or Cyrillic alphabets (``ΛΕΥΚΩΣΙΑ``, ``Ölands``).
+_CAPITAL = "A-ZÀ-ÖØ-ÞĀ-ŽΆ-ΏΑ-ΩА-ЯЁ"
+_PLACE_WORD = rf"(?:[{_CAPITAL}][a-z]{{0,2}}\.|[{_CAPITAL}][\w'’-]{{1,30}})"
+#: A place name: up to four capitalised words, short particles between them, a district letter or number
+#: after them (``København K``, ``Paris 15``).
+_PLACE = (
+    rf"{_PLACE_WORD}(?:[ \t]{{1,2}}(?:[a-zà-ÿ]{{1,4}}[ \t]{{1,2}}){{0,2}}{_PLACE_WORD}){{0,3}}"
+    r"(?:[ \t](?:\d{1,3}|[A-Z])(?![\w'’-]))?"
+)
 _UNIT = re.compile(
     r"(?:,?[ \t]{0,3}|,?[ \t]*\r?\n[ \t]*)(?:#[ \t]?|(?i:apartment|appartamento|apartamento|appartement|apt|suite|ste|"
     r"unit|fl|floor|rm|room|bldg|building|flat|dept|office|piso|puerta|planta|esc|escalera|bajo|interno|int|scala|"
     r"piano|stiege|top|whg|wohnung|etage|étage|app|bte)\.?[ \t]{0,3}(?:n[º°o]\.?[ \t]?)?#?)[A-Za-z0-9º°ª-]{1,6}"
     r"(?![\w-])"
+)
+#: A unit after a street that ends with a dot: ``Rákóczi út 41. Apt. 304`` (Hungarian house numbers are
+#: ordinals), ``12 Main St. Suite 400``. Only the unambiguous words, and a number must follow.
+_UNIT_AFTER_DOT = re.compile(
+    r"\.[ \t]{1,3}(?:Apt|Apartment|Suite|Ste|Unit|Flat)\.?[ \t]{0,2}#?\d{1,5}[A-Za-z]?(?![\w-])"
 )
 #: One locality part after a street: after a comma, or on the next line (one blank line allowed).
 _LOCALITY = re.compile(
@@ -129,7 +141,7 @@ def _complete(text: str, start: int, end: int, score: float, *, has_unit: bool =
     if lead is not None:
         start = lead.start()
     for _ in range(2):  # "Suite 629 Suite 680", "Piso 3 Puerta B"
-        unit = _UNIT.match(text, end)
+        unit = _UNIT.match(text, end) or _UNIT_AFTER_DOT.match(text, end)
         if unit is None:
             break
         end, has_unit = unit.end(), True
@@ -354,7 +366,8 @@ _POSTCODE_ANCHORED = re.compile(
 #: "Aasa 43 Apt. 651", "Strojírenská 96\n Suite 907": a name and a number, then a unit.
 _NAME_NUMBER_UNIT = re.compile(
     r"[A-ZÀ-ÖØ-ÞĀ-Ž](?<![\w.-].)(?P<name>[\w'’.-]{0,30}(?:[ \t](?:[a-zà-ÿ]{1,4}[ \t]){0,2}"
-    r"[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’.-]{1,30}){0,3})[ \t]{1,3}(?P<num>\d{1,5}[a-zA-Z]?)(?=(?:,?[ \t]{1,3}|,?[ \t]*\r?\n[ \t]*)"
+    r"[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’.-]{1,30}){0,3})[ \t]{1,3}(?P<num>\d{1,5}[a-zA-Z]?(?:/\d{1,4}[a-zA-Z]?)?)"
+    r"(?=(?:,?[ \t]{1,3}|,?[ \t]*\r?\n[ \t]*)"
     r"(?i:apt|apartment|suite|ste|unit|flat|piso|puerta|planta|interno|int|scala|stiege|top|whg)\b)"
 )
 
@@ -455,6 +468,69 @@ def _after_corner(m: re.Match[str]) -> bool:
     return re.search(r"(?i:\bcorner[ \t]{1,3}of)", m.string[max(0, m.start() - 80) : m.start()]) is not None
 
 
+#: An intersection is one place: ``the corner of 1356 Impala St and Sara Locks``, ``the corner of
+#: Feldstrasse 61 and Marušić Brook``. The phrase is taken whole, so the model reads ``meet at
+#: <STREET_ADDRESS_1>`` and no street name is left beside a placeholder. Each street: a house number, one
+#: to five words that start capitalised (lower-case words may follow: ``Stensås terrasse``, ``ul.
+#: Fałata``), a number.
+_CROSS_STREET = (
+    r"(?:\d{1,6}[ \t]{1,3})?(?:[a-z]{1,3}\.[ \t]{1,2})?"
+    rf"(?:[{_CAPITAL}][\w'’.-]{{0,30}}|\d{{1,3}}(?:st|nd|rd|th))"
+    r"(?:[ \t]{1,2}[\w'’.-]{1,30}){0,5}"
+)
+_INTERSECTION = re.compile(
+    r"(?i:\b(?:the[ \t]{1,3})?corner[ \t]{1,3}of)[ \t]{1,3}"
+    rf"(?P<a>{_CROSS_STREET})[ \t]{{1,3}}(?:and|&)[ \t]{{1,3}}(?P<b>{_CROSS_STREET})"
+)
+
+
+def _cross_street(tokens: list[str]) -> list[str]:
+    """The street in a run of words: up to the last capitalised word or number, with no function word."""
+    kept: list[str] = []
+    for token in tokens:
+        if _bare(token) in FUNCTION_WORDS and _bare(token) not in PARTICLES:
+            break
+        kept.append(token)
+    while kept and not (kept[-1][0].isupper() or kept[-1][0].isdigit()):
+        kept.pop()
+    return kept
+
+
+def _check_intersection(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
+    a, b = _cross_street(m.group("a").split()), _cross_street(m.group("b").split())
+    if len(a) != len(m.group("a").split()) or not b:
+        return None  # "the corner of the room and ...": the first street must end at "and"
+    streety = [
+        t
+        for t in a + b
+        if t[0].isdigit() or _type_word(t) or _bare(t) in FOREIGN_TYPES or _unknown_word(t) or _suffix_type(t)
+    ]
+    if not streety:
+        return None  # "the corner of Design and Engineering": English words, no number, no street type
+    spans = [t.span() for t in re.finditer(r"\S+", m.group("b"))]
+    stop = m.start("b") + spans[len(b) - 1][1]
+    if m.string[stop - 1] == "." and len(_bare(b[-1])) > 3:
+        stop -= 1  # "... and Paterson Pass." ends a sentence
+    return _complete(m.string, start, stop, 0.7)
+
+
+def _suffix_type(token: str) -> bool:
+    bare = _bare(token)
+    return len(bare) > 5 and bare.endswith(STRONG_SUFFIXES)
+
+
+#: A unit on a line of its own, in an address block: ``Apt. 925``, ``Suite 854``, then its locality lines.
+_UNIT_LINE = re.compile(
+    r"^[ \t]{0,8}(?:Apt|Apartment|Suite|Ste|Flat)\.?[ \t]{0,2}#?\d{1,5}[A-Za-z]?(?=[ \t]*,?[ \t]*(?:\r?\n|$))",
+    re.MULTILINE,
+)
+
+
+def _check_unit_line(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
+    start += len(m.group()) - len(m.group().lstrip())
+    return _complete(m.string, start, end, 0.5)
+
+
 def _check_simple(score: float) -> Check:
     def check(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
         return _complete(m.string, start, end, score)
@@ -473,6 +549,8 @@ RULES: tuple[Rule, ...] = (
     Rule("street_postcode_city", _POSTCODE_ANCHORED, 0.7, _check_postcode_anchored),
     Rule("street_number_unit", _NAME_NUMBER_UNIT, 0.5, _check_name_number_unit),
     Rule("street_name_number_after_cue", _CUED_NAME_NUMBER, 0.5, _check_cued_name_number),
+    Rule("street_intersection", _INTERSECTION, 0.7, _check_intersection, prefilter=("corner",)),
+    Rule("street_unit_line", _UNIT_LINE, 0.5, _check_unit_line, prefilter=("apt", "apartment", "suite", "ste", "flat")),
     Rule("po_box", _PO_BOX, 0.7, _check_simple(0.7), prefilter=_PO_BOX_WORDS),
     Rule("military_address", _MILITARY, 0.8, _check_simple(0.8), prefilter=("apo ", "fpo ", "dpo ")),
 )  # fmt: skip
