@@ -858,6 +858,8 @@ def _summary(report: Report) -> list[tuple[str, str, str]]:
     for mode, r in report.restoration.items():
         kept = f", {r.kept} kept a placeholder" if r.kept else ""
         lines.append((f"restoration % ({mode})", f"{r.pct:.1f} ({r.ok}/{r.total}{kept})", "n/a"))
+        identical = 100.0 * (r.ok - r.kept) / r.total if r.total else 0.0
+        lines.append((f"byte-identical % ({mode})", f"{identical:.1f} ({r.ok - r.kept}/{r.total})", "n/a"))
     return lines
 
 
@@ -938,7 +940,9 @@ def format_markdown(report: Report) -> str:
         "- **Restoration**: share of answers that come back byte-identical to the prompt, or identical but for "
         'placeholders the policy never puts back (entities it `redact`s or `hash`es, counted as "kept a '
         f'placeholder"; for this policy: {", ".join(cfg["kept_placeholders"]) or "none"}). The fake upstream '
-        "echoes the last user message; streamed answers arrive in events of 1 to 4 characters.",
+        "echoes the last user message; streamed answers arrive in events of 1 to 4 characters. **Byte-identical** "
+        "counts only the answers equal to the prompt byte for byte: the rest hold a placeholder the policy "
+        "deliberately never restores (a secret the default policy redacts), never a wrong or foreign value.",
         "- **Detection time** per message: for the gateway, `PresidioDetector.analyze()` with the policy's "
         "detection spec, one message at a time after the load run (worker process round trip included, no "
         "queueing); for stock, `AnalyzerEngine.analyze()` in-process.",

@@ -356,7 +356,9 @@ def _name_length(tokens: list[str]) -> int:
 
 # --- No type word, but an unmistakable frame --------------------------------------------------------------
 
-_NAME_WORDS = r"[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’.-]{1,30}(?:[ \t](?:[a-zà-ÿ]{1,4}[ \t]){0,2}[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’.-]{1,30}){0,3}"
+_NAME_WORDS = (
+    rf"[{_CAPITAL}][\w'’.-]{{1,30}}(?:[ \t](?:[a-zà-ÿ]{{1,4}}[ \t]){{0,2}}[{_CAPITAL}][\w'’.-]{{1,30}}){{0,3}}"
+)
 #: "Unter den Linden 77, 10117 Berlin", "Keizersgracht 123, 1015 CJ Amsterdam".
 _POSTCODE_ANCHORED = re.compile(
     r"[A-ZÀ-ÖØ-ÞĀ-Ž](?<![\w.-].)(?P<name>[\w'’.-]{1,30}(?:[ \t][\w'’.-]{1,30}){0,3}),?[ \t]{1,3}"
@@ -369,6 +371,21 @@ _NAME_NUMBER_UNIT = re.compile(
     r"[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’.-]{1,30}){0,3})[ \t]{1,3}(?P<num>\d{1,5}[a-zA-Z]?(?:/\d{1,4}[a-zA-Z]?)?)"
     r"(?=(?:,?[ \t]{1,3}|,?[ \t]*\r?\n[ \t]*)"
     r"(?i:apt|apartment|suite|ste|unit|flat|piso|puerta|planta|interno|int|scala|stiege|top|whg)\b)"
+)
+#: "Grüne Lagune 79 / Benavente, SA 60230", "Κασνέτη 290, Býšt, PA 35625": a name and a number, then a
+#: locality with a postcode (and a state) on the next line or after a comma.
+_NAME_NUMBER_LOCALITY = re.compile(
+    rf"[{_CAPITAL}](?<![\w.-].)(?P<name>[\w'’.-]{{0,30}}(?:[ \t](?:[a-zà-ÿ]{{1,4}}[ \t]){{0,2}}"
+    rf"[{_CAPITAL}][\w'’.-]{{1,30}}){{0,3}})[ \t]{{1,3}}(?P<num>\d{{1,5}}[a-zA-Z]?(?:/\d{{1,4}}[a-zA-Z]?)?)"
+    rf"(?=(?:,[ \t]{{1,3}}|,?[ \t]*\r?\n[ \t]*){_PLACE_WORD}(?:[ \t]{{1,2}}{_PLACE_WORD}){{0,3}},?[ \t]{{1,3}}"
+    r"(?:[A-Z]{2}[ \t]{1,3})?\d{4,5}(?:-\d{3,4})?(?![\w-]))"
+)
+#: "60663 Johnston Land Apt. 477": a number and capitalised words, then a unit with its number (not ``Unit``:
+#: "3 Dell Monitors Unit 5").
+_NUMBER_NAME_UNIT = re.compile(
+    rf"\d(?<![\w.,/#$£€%+:-]\d)\d{{0,5}}[a-zA-Z]?[ \t]{{1,3}}(?P<name>[{_CAPITAL}][\w'’.-]{{1,30}}"
+    rf"(?:[ \t]{{1,2}}[{_CAPITAL}][\w'’.-]{{1,30}}){{0,2}})"
+    r"(?=,?[ \t]{1,3}(?:Apt|Apartment|Suite|Ste|Flat|Appartamento|Piso|Puerta)\.?[ \t]{0,2}#?\d)"
 )
 
 
@@ -386,6 +403,23 @@ def _check_postcode_anchored(m: re.Match[str], start: int, end: int) -> tuple[in
     if num == 0 or 1900 <= num <= 2100:
         return None
     return _complete(m.string, start, end, 0.7)
+
+
+def _check_name_number_locality(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
+    if not _name_tokens_ok(m.string[start : m.end("name")]):
+        return None
+    if not any(_unknown_word(t) or _bare(t) in FOREIGN_TYPES for t in m.string[start : m.end("name")].split()):
+        return None  # "Windows 10 / Redmond, WA 98052": English words and a number
+    num = int(re.sub(r"\D.*", "", m.group("num")) or "0")
+    if num == 0:
+        return None
+    return _complete(m.string, start, end, 0.5)
+
+
+def _check_number_name_unit(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
+    if not _name_tokens_ok(m.group("name")):
+        return None
+    return _complete(m.string, start, m.end("name"), 0.5)
 
 
 def _check_name_number_unit(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
@@ -548,6 +582,8 @@ RULES: tuple[Rule, ...] = (
     Rule("street_type_last", _TYPE_LAST, 0.6, _check_type_last),
     Rule("street_postcode_city", _POSTCODE_ANCHORED, 0.7, _check_postcode_anchored),
     Rule("street_number_unit", _NAME_NUMBER_UNIT, 0.5, _check_name_number_unit),
+    Rule("street_number_locality", _NAME_NUMBER_LOCALITY, 0.5, _check_name_number_locality),
+    Rule("street_number_name_unit", _NUMBER_NAME_UNIT, 0.5, _check_number_name_unit),
     Rule("street_name_number_after_cue", _CUED_NAME_NUMBER, 0.5, _check_cued_name_number),
     Rule("street_intersection", _INTERSECTION, 0.7, _check_intersection, prefilter=("corner",)),
     Rule("street_unit_line", _UNIT_LINE, 0.5, _check_unit_line, prefilter=("apt", "apartment", "suite", "ste", "flat")),
