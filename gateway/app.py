@@ -110,7 +110,10 @@ def create_app(
 ) -> web.Application:
     """Build the application. A detector passed in is shared and not closed by this app."""
     policies_dir = settings.resolved_policies_dir()
-    book = policies or load_policy_dir(policies_dir, settings.default_policy)
+    languages = [settings.nlp.language]
+    book = policies or load_policy_dir(
+        policies_dir, settings.default_policy, languages=languages, bindings=settings.policy_bindings
+    )
     owns = detector is None
     if detector is None:
         detector = PresidioDetector(
@@ -137,6 +140,8 @@ def create_app(
         keys_file=settings.resolved_keys_file(),
         default_policy=settings.default_policy,
         metrics=metrics,
+        languages=languages,
+        bindings=tuple(settings.policy_bindings),
     )
     data_keys = data_keys_for(settings)
     recorder = (

@@ -25,12 +25,15 @@ def _detector(settings: Settings) -> PresidioDetector:
 
 
 async def policy_check(settings: Settings, files: list[Path], run: bool = True) -> int:
-    """Validate each file (file:line: field: problem), then run its examples. Non-zero on any failure."""
+    """Validate each file (file:line: field: problem), then run its examples. Non-zero on any failure.
+
+    Languages are checked against the NLP engine these settings configure (``nlp.language``).
+    """
     policies: list[tuple[Path, Policy]] = []
     failed = False
     for path in files:
         try:
-            policies.append((path, load_policy_file(path)))
+            policies.append((path, load_policy_file(path, languages=[settings.nlp.language])))
             print(f"{path}: schema ok")
         except PolicyError as exc:
             print(str(exc), file=sys.stderr)
@@ -55,7 +58,9 @@ async def policy_check(settings: Settings, files: list[Path], run: bool = True) 
 
 async def policy_explain(settings: Settings, name: str, text: str, as_json: bool) -> int:
     try:
-        book = load_policy_dir(settings.resolved_policies_dir(), settings.default_policy)
+        book = load_policy_dir(
+            settings.resolved_policies_dir(), settings.default_policy, languages=[settings.nlp.language]
+        )
     except PolicyError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -78,7 +83,13 @@ async def policy_explain(settings: Settings, name: str, text: str, as_json: bool
     if not result.findings:
         print("no findings")
     for f in result.findings:
-        print(f"  {f.entity_type:<18} {f.value!r:<32} score {f.score:.2f}  {f.recognizer:<24} -> {f.decision}")
+        shown = f" {f.replacement}" if f.replacement is not None else ""
+        print(
+            f"  {f.entity_type:<18} {f.value!r:<32} score {f.score:.2f}  {f.recognizer:<24} -> {f.decision}{shown}"
+            f"  ({f.outcome})"
+        )
+        if f.because is not None:
+            print(f"  {'':<18} {'':<32} {'':<10}  {'':<24}    because {f.because}")
     if result.blocked:
         print(f"result: BLOCKED (the request would be refused: {', '.join(result.blocked)})")
     else:

@@ -29,6 +29,7 @@ a detected value or a key. That is the reason every subclass builds its own mess
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -85,10 +86,14 @@ class UnscannableContent(BadRequest):
 class PolicyBlocked(BadRequest):
     code = "pii_blocked"
 
-    def __init__(self, entity_types: list[str]) -> None:
+    def __init__(self, entity_types: list[str], counts: Mapping[tuple[str, str], int] | None = None) -> None:
         names = ", ".join(sorted(set(entity_types)))
         super().__init__(f"The request was blocked by the privacy policy: it contains {names}.")
         self.entity_types = sorted(set(entity_types))
+        #: (entity type, action) -> spans of every finding in the request, the blocking ones as ``block``.
+        self.counts: dict[tuple[str, str], int] = (
+            dict(counts) if counts is not None else {(t, "block"): 1 for t in self.entity_types}
+        )
 
 
 class Unauthorized(GatewayError):

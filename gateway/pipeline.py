@@ -177,7 +177,7 @@ async def _admitted(
         redactions = await gateway.redactor.redact(slots, policy, exchange.tenant)
     except PolicyBlocked as exc:
         exchange.outcome = "blocked"
-        exchange.entity_counts.update({(t, "block"): 1 for t in exc.entity_types})
+        exchange.entity_counts.update(exc.counts)
         raise
     except DetectionFailed:
         exchange.outcome = "detector_error"

@@ -7,9 +7,10 @@ never ignored. The book is replaced as a whole (``PolicyBook`` is immutable); a 
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from . import recognizers
 from .detector import DetectionSpec, PatternDef, RecognizerDef
@@ -39,6 +41,9 @@ PRESIDIO_ENTITIES = frozenset(
         "UK_NHS", "URL", "US_BANK_NUMBER", "US_DRIVER_LICENSE", "US_ITIN", "US_PASSPORT", "US_SSN", "UUID",
     }
 )  # fmt: skip
+
+#: Every entity type a policy may name without defining it: what the detector can produce.
+KNOWN_ENTITIES: frozenset[str] = PRESIDIO_ENTITIES | recognizers.ENTITY_TYPES
 
 
 class Action(StrEnum):
@@ -182,15 +187,24 @@ class Policy(_Strict):
     propagate: bool = True
     examples: list[Example] = []
 
+    @field_validator("languages")
+    @classmethod
+    def _one_language(cls, value: list[str]) -> list[str]:
+        if len(set(value)) > 1:
+            raise ValueError(
+                "name one language: the gateway analyses each text once, with the one NLP model it runs "
+                "(setting nlp.language), so a second language would never be analysed"
+            )
+        return value
+
     @model_validator(mode="after")
     def _entities_known(self) -> Policy:
-        custom = {r.entity for r in self.recognizers}
-        for name in self.entities:
-            if name not in PRESIDIO_ENTITIES and name not in recognizers.ENTITY_TYPES and name not in custom:
-                raise ValueError(
-                    f"unknown entity type '{name}' in 'entities' (known: Presidio's types, "
-                    f"or one defined under 'recognizers')"
-                )
+        # parse_policy reports these with their line and field; this keeps Policy(...) itself strict.
+        unknown = unknown_entities(self.entities, [r.entity for r in self.recognizers])
+        if unknown:
+            raise PydanticCustomError(
+                "unknown_entity", "unknown entity type(s) in 'entities': {names}", {"names": ", ".join(unknown)}
+            )
         return self
 
     def rule(self, entity_type: str) -> EntityRule | None:
@@ -261,6 +275,20 @@ class Policy(_Strict):
         return self.propagate or not other.propagate
 
 
+def unknown_entities(names: Iterable[object], custom: Iterable[object]) -> list[str]:
+    """The names under ``entities`` that are neither a known type nor defined by the policy's recognizers."""
+    defined = {c for c in custom if isinstance(c, str)}
+    return [n for n in names if isinstance(n, str) and n not in KNOWN_ENTITIES and n not in defined]
+
+
+def _unknown_entity_message(name: str, custom: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(KNOWN_ENTITIES | set(custom)), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return (
+        f"unknown entity type '{name}'{hint} (known: the types in docs/policies.md, or one defined under 'recognizers')"
+    )
+
+
 def binding_matches(binding: PolicyBindingSettings, model: str | None, route: str) -> bool:
     """A binding matches when every condition it sets holds (and it sets at least one)."""
     if binding.route is not None and binding.route != route:
@@ -293,8 +321,12 @@ def _line_of(node: yaml.Node | None, loc: Iterable[str | int]) -> int | None:
     return line
 
 
-def parse_policy(text: str, source: str) -> Policy:
-    """Parse and validate one policy; errors name ``source``, the line and the field."""
+def parse_policy(text: str, source: str, *, languages: Collection[str] | None = None) -> Policy:
+    """Parse and validate one policy; errors name ``source``, the line and the field.
+
+    Every mistake is reported at once, one per line, in file order. ``languages``: the languages the
+    gateway's NLP engine analyses (None: not checked, as when only the schema is of interest).
+    """
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -304,25 +336,67 @@ def parse_policy(text: str, source: str) -> Policy:
         raise PolicyError(f"{source}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise PolicyError(f"{source}:1: a policy must be a mapping with at least 'name'")
+    # Checks the model cannot place or would skip once another field fails: each names its own field.
+    problems: list[tuple[int, str]] = []
+    for loc, message in _reference_problems(data, languages):
+        line = _line_of(node, loc) or 1
+        problems.append((line, f"{source}:{line}: {_dotted(loc)}: {message}"))
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
+            if error["type"] == "unknown_entity":
+                continue  # reported above, at the entity's own line
             loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-            line = _line_of(node, loc)
-            field = ".".join(str(p) for p in loc) or "(policy)"
+            line = _line_of(node, loc) or 1
             message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            problems.append(f"{source}:{line or 1}: {field}: {message}")
-        raise PolicyError("\n".join(problems)) from None
+            message = message.removeprefix("Value error, ")
+            problems.append((line, f"{source}:{line}: {_dotted(loc) or '(policy)'}: {message}"))
+    else:
+        if not problems:
+            return policy
+    problems.sort(key=lambda p: p[0])
+    raise PolicyError("\n".join(message for _, message in problems))
 
 
-def load_policy_file(path: Path) -> Policy:
+def _dotted(loc: Iterable[str | int]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _reference_problems(
+    data: Mapping[str, Any], languages: Collection[str] | None
+) -> list[tuple[list[str | int], str]]:
+    """Entity names and languages that are well-formed but name nothing this gateway has."""
+    problems: list[tuple[list[str | int], str]] = []
+    entities = data.get("entities")
+    specs = data.get("recognizers")
+    custom = [r.get("entity") for r in specs if isinstance(r, dict)] if isinstance(specs, list) else []
+    if isinstance(entities, dict):
+        for name in unknown_entities(entities, custom):
+            problems.append(
+                (["entities", name], _unknown_entity_message(name, [c for c in custom if isinstance(c, str)]))
+            )
+    if languages is not None:
+        listed = data.get("languages", ["en"])
+        if isinstance(listed, list):
+            analysed = ", ".join(sorted(languages))
+            for i, language in enumerate(listed):
+                if isinstance(language, str) and language not in languages:
+                    where: list[str | int] = ["languages", i] if "languages" in data else ["languages"]
+                    problems.append((
+                        where,
+                        f"'{language}' is not analysed by this gateway: its NLP engine analyses {analysed} "
+                        f"(settings nlp.language and nlp.model); a policy may name only that language",
+                    ))  # fmt: skip
+    return problems
+
+
+def load_policy_file(path: Path, *, languages: Collection[str] | None = None) -> Policy:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"{path}: cannot be read ({exc.strerror})") from exc
-    return parse_policy(text, str(path))
+    return parse_policy(text, str(path), languages=languages)
 
 
 @dataclass(frozen=True)
@@ -336,7 +410,8 @@ class PolicyBook:
     def __post_init__(self) -> None:
         if self.default not in self.policies:
             raise PolicyError(
-                f"default policy '{self.default}' is not among the loaded policies: {sorted(self.policies)}"
+                f"setting 'default_policy': the default policy '{self.default}' is not among the loaded "
+                f"policies: {sorted(self.policies)}"
             )
 
     def get(self, name: str) -> Policy:
@@ -361,11 +436,11 @@ class PolicyBook:
         """
         rule = next((b.policy for b in bindings if binding_matches(b, model, route)), None)
         if bound is not None:
-            chosen = self._named(bound)
-            if rule is not None and self._named(rule).at_least_as_strict_as(chosen):
-                chosen = self._named(rule)
+            chosen = self._named(bound, "this API key")
+            if rule is not None and self._named(rule, "a policy binding").at_least_as_strict_as(chosen):
+                chosen = self._named(rule, "a policy binding")
         else:
-            chosen = self._named(rule) if rule is not None else self.default_policy
+            chosen = self._named(rule, "a policy binding") if rule is not None else self.default_policy
         if requested is not None and requested != chosen.name:
             asked = self.policies.get(requested)
             if asked is None:
@@ -377,12 +452,16 @@ class PolicyBook:
             chosen = asked
         return chosen
 
-    def _named(self, name: str) -> Policy:
+    def _named(self, name: str, bound_by: str) -> Policy:
         policy = self.policies.get(name)
         if policy is None:
-            # A key or binding names a policy that is not loaded: fail closed on the default's
-            # side would weaken it, so refuse instead.
-            raise WeakerPolicy(f"The policy '{name[:64]}' bound to this request is not loaded.")
+            # A key or binding names a policy that is not loaded (a key file edited by hand, or a
+            # binding the start-up check could not see): falling back to the default could weaken
+            # it, so the request is refused (fail closed) until the policy is loaded or rebound.
+            raise WeakerPolicy(
+                f"The policy '{name[:64]}' that {bound_by} requires is not loaded, so the request is refused. "
+                "Ask the gateway's administrator to load that policy or to rebind the key."
+            )
         return policy
 
     @property
@@ -390,15 +469,26 @@ class PolicyBook:
         return self.policies[self.default]
 
 
-def load_policy_dir(directory: Path, default: str, version: int = 1) -> PolicyBook:
-    """Load and validate every ``*.yaml`` in ``directory`` as one set; any error rejects the whole set."""
+def load_policy_dir(
+    directory: Path,
+    default: str,
+    version: int = 1,
+    *,
+    languages: Collection[str] | None = None,
+    bindings: Sequence[PolicyBindingSettings] = (),
+) -> PolicyBook:
+    """Load and validate every ``*.yaml`` in ``directory`` as one set; any error rejects the whole set.
+
+    The set must also hold every policy the settings refer to: ``default`` and each binding's policy.
+    ``languages`` are those the NLP engine analyses (None: not checked).
+    """
     if not directory.is_dir():
         raise PolicyError(f"{directory}: the policies folder does not exist")
     policies: dict[str, Policy] = {}
     problems: list[str] = []
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         try:
-            policy = load_policy_file(path)
+            policy = load_policy_file(path, languages=languages)
         except PolicyError as exc:
             problems.append(str(exc))
             continue
@@ -407,4 +497,17 @@ def load_policy_dir(directory: Path, default: str, version: int = 1) -> PolicyBo
         policies[policy.name] = policy
     if problems:
         raise PolicyError("\n".join(problems))
+    problems = missing_bound_policies(policies, bindings)
+    if problems:
+        raise PolicyError("\n".join(problems))
     return PolicyBook(policies=policies, default=default, version=version)
+
+
+def missing_bound_policies(policies: Collection[str], bindings: Sequence[PolicyBindingSettings]) -> list[str]:
+    """One message per binding in the settings whose policy is not in ``policies``."""
+    loaded = ", ".join(sorted(policies))
+    return [
+        f"setting 'policy_bindings.{i}.policy': no policy named '{b.policy}' is loaded (loaded: {loaded})"
+        for i, b in enumerate(bindings)
+        if b.policy not in policies
+    ]

@@ -4,7 +4,14 @@ Triggers: a change seen by polling the policies folder and the key file every
 ``reload_interval_seconds``, SIGHUP, and the admin ``/v1/gateway/reload`` endpoint.
 
 The new policy set is validated as a whole before anything changes; an invalid set is rejected,
-logged with the reason (file, line, field) and counted, and the old set stays in force. The swap is
+logged with the reason (file, line, field) and counted, and the old set stays in force. A set is
+invalid too when it drops a policy that something in force refers to: the default policy, a
+binding in the settings, or an active key in the key file (keys are read before policies, so a key
+file and a policy folder changed together are checked against each other).
+
+A key file is never rejected for naming a policy that is not loaded (that would also hold back
+revocations in the same change): the reload is logged as a warning, and requests with such a key are
+refused with 403 ``policy_not_allowed`` until the policy is loaded or the key rebound (fail closed). The swap is
 one assignment to ``holder.book``: a request keeps the Policy object it started with, so requests in
 flight finish under the policy they began with.
 """
@@ -13,12 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from .keys import KeyFileError, KeyRing
 from .metrics import Metrics
 from .policy import PolicyBook, PolicyError, load_policy_dir
+from .settings import PolicyBindingSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,18 @@ class KeyHolder:
 
     def __init__(self, ring: KeyRing) -> None:
         self.ring = ring
+
+
+def keys_bound_to_missing(ring: KeyRing, policies: Collection[str]) -> dict[str, int]:
+    """Active keys per policy name they are bound to that is not in ``policies`` (revoked/expired ones don't count)."""
+    now = time.time()
+    return dict(
+        Counter(
+            r.policy
+            for r in ring.records.values()
+            if r.policy is not None and r.usable(now) and r.policy not in policies
+        )
+    )
 
 
 def _fingerprint(directory: Path) -> tuple[tuple[str, float, int], ...]:
@@ -61,6 +84,10 @@ class Reloader:
     keys_file: Path
     default_policy: str
     metrics: Metrics
+    #: Languages the NLP engine analyses (``nlp.language``); None: not checked.
+    languages: Collection[str] | None = None
+    #: ``policy_bindings`` from the settings: a new set must still hold each binding's policy.
+    bindings: tuple[PolicyBindingSettings, ...] = ()
 
     def __post_init__(self) -> None:
         self._policy_stamp = _fingerprint(self.policies_dir)
@@ -76,7 +103,7 @@ class Reloader:
     def _reload_policies(self) -> tuple[bool, str]:
         self._policy_stamp = _fingerprint(self.policies_dir)
         try:
-            book = load_policy_dir(self.policies_dir, self.default_policy, version=self.policies.book.version + 1)
+            book = self._load()
         except PolicyError as exc:
             self.metrics.policy_reloads.labels("failure").inc()
             log.error("policy reload rejected; the previous policies stay in force", extra={"reason": str(exc)})
@@ -86,12 +113,41 @@ class Reloader:
         log.info("policies reloaded", extra={"policies": sorted(book.policies), "version": book.version})
         return True, f"loaded {len(book.policies)} policies"
 
+    def _load(self) -> PolicyBook:
+        """The new set, validated as a whole and against what refers to it; raises PolicyError."""
+        book = load_policy_dir(
+            self.policies_dir,
+            self.default_policy,
+            version=self.policies.book.version + 1,
+            languages=self.languages,
+            bindings=self.bindings,
+        )
+        # Only what the change drops: a key already bound to a policy that was never loaded fails closed
+        # on its own requests (see the module docstring) and must not hold back every later reload.
+        dropped = set(self.policies.book.policies) - set(book.policies)
+        missing = {n: c for n, c in keys_bound_to_missing(self.keys.ring, book.policies).items() if n in dropped}
+        if missing:
+            raise PolicyError(
+                "\n".join(
+                    f"{self.keys_file}: {count} active key(s) are bound to policy '{name}', which the new set "
+                    "drops (see pii-gateway keys list)"
+                    for name, count in sorted(missing.items())
+                )
+            )
+        return book
+
     def _reload_keys(self) -> None:
         self._key_stamp = _file_stamp(self.keys_file)
         try:
             self.keys.ring = KeyRing.load(self.keys_file)
         except KeyFileError as exc:
             log.error("key file reload rejected; the previous keys stay in force", extra={"reason": str(exc)})
+            return
+        for name, count in sorted(keys_bound_to_missing(self.keys.ring, self.policies.book.policies).items()):
+            log.warning(
+                "active keys are bound to a policy that is not loaded; their requests are refused (403)",
+                extra={"policy": name, "keys": count},
+            )
 
     async def watch(self, interval: float) -> None:
         """Poll for changes until cancelled."""

@@ -10,6 +10,7 @@ setting, where it came from, and why it is wrong; it never echoes a secret's val
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +18,17 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "PII_GATEWAY_"
+
+#: The routes the gateway scans, as policy bindings and upstreams name them (``WireApi.route``;
+#: tests/test_settings.py checks this against the routes create_app serves).
+POLICY_ROUTES: frozenset[str] = frozenset(
+    {"chat.completions", "completions", "embeddings", "responses", "anthropic.messages"}
+)
+
+log = logging.getLogger(__name__)
 
 
 class Secret:
@@ -205,11 +214,32 @@ class UpstreamTlsSettings(_Model):
 
 
 class PolicyBindingSettings(_Model):
-    """Pick a policy by route and/or model name glob; see PolicyBook.select."""
+    """Pick a policy by route and/or model name glob; see PolicyBook.select.
 
-    policy: str
-    model: str | None = None
+    Whether ``policy`` names a loaded policy is checked where policies are loaded (``load_policy_dir``,
+    at start-up and on every reload), since the settings do not read the policies folder.
+    """
+
+    policy: str = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1)
+    #: One of ``POLICY_ROUTES``.
     route: str | None = None
+
+    @field_validator("route")
+    @classmethod
+    def _known_route(cls, value: str | None) -> str | None:
+        if value is not None and value not in POLICY_ROUTES:
+            raise ValueError(f"unknown route '{value}'; the gateway serves: {', '.join(sorted(POLICY_ROUTES))}")
+        return value
+
+    @model_validator(mode="after")
+    def _condition(self) -> PolicyBindingSettings:
+        if self.model is None and self.route is None:
+            raise ValueError(
+                f"the binding to policy '{self.policy}' sets neither 'model' nor 'route', so it would never "
+                "match; set one (the default policy is 'default_policy')"
+            )
+        return self
 
 
 class AuthSettings(_Model):
@@ -281,6 +311,24 @@ class Settings(_Model):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    def start_warnings(self) -> list[str]:
+        """Settings that are allowed but probably wrong; logged at start-up, never refused.
+
+        An OpenAI- or Anthropic-style base URL without a path (``https://api.openai.com``) makes the
+        gateway call ``/chat/completions`` at the host's root, which those APIs answer with 404. Some
+        compatible providers do serve other paths, so this is a warning, not an error.
+        """
+        named = [(f"upstreams.{i}.url", u) for i, u in enumerate(self.upstreams)]
+        if not self.upstreams and self.upstream is not None:
+            named = [("upstream", self.resolved_upstreams()[0])]
+        return [
+            f"setting '{setting}': the base URL {u.url} has no path. The gateway appends the API's path to "
+            f"it ({u.url}/chat/completions), but OpenAI's and Anthropic's APIs live under /v1 "
+            f"({u.url}/v1). Leave it only if your provider serves its API at the root"
+            for setting, u in named
+            if u.kind != "azure" and urlsplit(u.url).path in ("", "/")
+        ]
+
     def resolved_upstreams(self) -> list[UpstreamSettings]:
         """The configured upstreams, or the single ``upstream`` as a catch-all of the kind its host says."""
         if self.upstreams:
@@ -344,9 +392,12 @@ def load_settings(
     _resolve_secret_files(merged, sources)
 
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, sources)) from None
+    for warning in settings.start_warnings():
+        log.warning(warning)
+    return settings
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -375,6 +426,16 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
             flat["production"] = value.strip().lower() == "production"
             continue
         dotted = key.replace("__", ".")
+        if dotted == "port" and value.strip().lower().startswith("tcp://"):
+            # Kubernetes injects PII_GATEWAY_PORT=tcp://10.0.0.1:8080 into pods of a namespace with a
+            # Service named pii-gateway (service links). It is not ours: ignore it, but say so.
+            log.warning(
+                "environment variable %sPORT holds a Kubernetes service link (tcp://...), not a port: "
+                "ignored, setting 'port' comes from the config file, a flag or its default. "
+                "Set enableServiceLinks: false in the pod spec to avoid it.",
+                ENV_PREFIX,
+            )
+            continue
         # Only names of settings are read: Kubernetes service links inject PII_GATEWAY_SERVICE_HOST
         # and the like, which are not ours. A misspelt *nested* name is still reported as unknown.
         if dotted.split(".")[0] in Settings.model_fields or dotted in _FILE_FIELDS:
@@ -423,10 +484,13 @@ def _resolve_secret_files(merged: dict[str, Any], sources: dict[str, str]) -> No
 def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
     lines = []
     for error in exc.errors():
-        dotted = ".".join(str(p) for p in error["loc"])
-        origin = sources.get(dotted, "default")
+        loc = [str(p) for p in error["loc"]]
+        dotted = ".".join(loc)
+        # A list is set whole (policy_bindings, upstreams): its items come from where the list came from.
+        prefixes = (".".join(loc[:n]) for n in range(len(loc), 0, -1))
+        origin = next((sources[p] for p in prefixes if p in sources), "default")
         env_name = ENV_PREFIX + dotted.upper().replace(".", "__")
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
         lines.append(f"setting '{dotted}' (from {origin}; env {env_name}): {message}")

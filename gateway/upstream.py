@@ -27,6 +27,7 @@ from .errors import UpstreamError, UpstreamTimeout
 from .settings import RetrySettings, Secret, UpstreamTimeouts
 
 #: Never forwarded in either direction (RFC 9110 section 7.6.1, plus framing the gateway redoes itself).
+#: Nor is any header that a message's own ``Connection`` header names: see :func:`connection_options`.
 HOP_BY_HOP = frozenset(
     {
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
@@ -136,9 +137,12 @@ class UpstreamClient:
 
     def outbound_headers(self, incoming: Mapping[str, str]) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
+        hop_by_hop = connection_options(incoming)
         for name, value in incoming.items():
             lower = name.lower()
-            if lower in _NOT_FORWARDED or (self.api_key is not None and lower in _CREDENTIALS):
+            if lower in _NOT_FORWARDED or lower in hop_by_hop:
+                continue
+            if self.api_key is not None and lower in _CREDENTIALS:
                 continue
             if lower == "x-gateway-key" or lower == "x-pii-policy" or _is_gateway_key(lower, value):
                 continue  # the gateway's own credentials and controls never go upstream
@@ -242,10 +246,27 @@ def _is_gateway_key(name: str, value: str) -> bool:
     return token.startswith("pgw_")
 
 
+def connection_options(headers: Mapping[str, str]) -> frozenset[str]:
+    """The (lower-cased) header names a message's ``Connection`` header lists.
+
+    RFC 9110 section 7.6.1: a proxy must drop every header that ``Connection`` names, as well as
+    ``Connection`` itself, before forwarding; those fields describe this one hop (a sender may put,
+    say, a hop-local token there and expect it to go no further). Every ``Connection`` line counts,
+    when a multidict holds several.
+    """
+    names: set[str] = set()
+    for name, value in headers.items():
+        if name.lower() == "connection":
+            names.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return frozenset(names)
+
+
 def client_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
     """Upstream response headers that may be relayed to the client."""
     out: CIMultiDict[str] = CIMultiDict()
+    hop_by_hop = connection_options(upstream)
     for name, value in upstream.items():
-        if name.lower() not in HOP_BY_HOP and name.lower() != "set-cookie":
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in hop_by_hop and lower != "set-cookie":
             out.add(name, value)
     return out

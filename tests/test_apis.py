@@ -185,6 +185,99 @@ async def test_anthropic_errors_come_in_anthropics_shape(gateway: str, multi: Mu
     assert multi.requests == []
 
 
+# --- text the model reads outside the messages -----------------------------------------------------
+
+NAMED = "Ask John Smith before you book anything."
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Booking for John Smith",
+    "properties": {
+        "assignee": {"type": "string", "description": NAMED, "enum": ["John Smith", "nobody"]},
+        "when": {"type": "string", "format": "date"},
+    },
+    "required": ["assignee", "when"],
+}
+
+
+def assert_schema_kept(schema: dict[str, Any]) -> None:
+    """Property names, the required list, types and formats reach the upstream as the client wrote them."""
+    assert list(schema["properties"]) == ["assignee", "when"]
+    assert schema["required"] == ["assignee", "when"]
+    assert schema["properties"]["when"] == {"type": "string", "format": "date"}
+    assert schema["properties"]["assignee"]["enum"][1] == "nobody"
+
+
+RESPONSES_FIELDS: dict[str, dict[str, Any]] = {
+    "instructions": {"instructions": NAMED},
+    "tools.description": {"tools": [{"type": "function", "name": "book", "description": NAMED, "parameters": {}}]},
+    "tools.parameters": {"tools": [{"type": "function", "name": "book", "parameters": SCHEMA, "strict": False}]},
+    "text.format.description": {
+        "text": {"format": {"type": "json_schema", "name": "booking", "description": NAMED, "schema": {}}}
+    },
+    "text.format.schema": {"text": {"format": {"type": "json_schema", "name": "booking", "schema": SCHEMA}}},
+    "prompt.variables": {
+        "prompt": {"id": "pmpt_1", "variables": {"who": "John Smith", "note": {"type": "input_text", "text": NAMED}}}
+    },
+}
+
+
+@pytest.mark.parametrize("fields", RESPONSES_FIELDS.values(), ids=RESPONSES_FIELDS.keys())
+async def test_responses_definitions_and_instructions_are_scanned(
+    oai: openai.AsyncOpenAI, multi: MultiUpstream, fields: dict[str, Any]
+) -> None:
+    """The name is only in the field under test: it is hidden by scanning that field, not by propagation."""
+    reply = await oai.responses.create(model="m", input="Please book the meeting.", store=False, **fields)
+    assert reply.output_text == "Please book the meeting." or reply.output[0].type == "function_call"
+    sent = multi.requests[-1]
+    assert "John Smith" not in orjson.dumps(sent).decode()
+    assert "<PERSON_1>" in orjson.dumps({k: sent[k] for k in fields}).decode()
+    for tool in sent.get("tools", []):
+        assert tool["name"] == "book"
+        if tool.get("parameters"):
+            assert_schema_kept(tool["parameters"])
+    text_format = sent.get("text", {}).get("format", {})
+    if text_format.get("schema"):
+        assert_schema_kept(text_format["schema"])
+    if "prompt" in sent:
+        assert list(sent["prompt"]["variables"]) == ["who", "note"]  # variable names are identifiers
+
+
+ANTHROPIC_FIELDS: dict[str, dict[str, Any]] = {
+    "system": {"system": NAMED},
+    "system.blocks": {"system": [{"type": "text", "text": NAMED}]},
+    "tools.description": {"tools": [{"name": "book", "description": NAMED, "input_schema": {"type": "object"}}]},
+    "tools.input_schema": {"tools": [{"name": "book", "input_schema": SCHEMA}]},
+}
+
+
+@pytest.mark.parametrize("fields", ANTHROPIC_FIELDS.values(), ids=ANTHROPIC_FIELDS.keys())
+async def test_anthropic_system_and_tool_definitions_are_scanned(
+    claude: anthropic.AsyncAnthropic, multi: MultiUpstream, fields: dict[str, Any]
+) -> None:
+    await claude.messages.create(
+        model="claude-x", max_tokens=100, messages=[{"role": "user", "content": "Please book the meeting."}], **fields
+    )
+    sent = multi.requests[-1]
+    assert "John Smith" not in orjson.dumps(sent).decode()
+    assert "<PERSON_1>" in orjson.dumps({k: sent[k] for k in fields}).decode()
+    for tool in sent.get("tools", []):
+        assert tool["name"] == "book"
+        if tool["input_schema"].get("properties"):
+            assert_schema_kept(tool["input_schema"])
+
+
+async def test_legacy_prompt_and_embeddings_input_alone_are_scanned(
+    oai: openai.AsyncOpenAI, multi: MultiUpstream
+) -> None:
+    await oai.completions.create(model="c", prompt=NAMED)
+    assert "<PERSON_1>" in multi.requests[-1]["prompt"]
+    await oai.completions.create(model="c", prompt=["Please book it.", NAMED])
+    assert "<PERSON_1>" in multi.requests[-1]["prompt"][1]
+    await oai.embeddings.create(model="e", input=NAMED)
+    assert "<PERSON_1>" in multi.requests[-1]["input"]
+    assert "John Smith" not in orjson.dumps(multi.requests).decode()
+
+
 # --- Azure, embeddings, completions, models ------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from aiohttp import web
 
 import gateway.detector
 from gateway.detector import DetectionSpec, Finding, PresidioDetector
@@ -141,6 +142,105 @@ async def test_tool_call_history_and_tool_results_are_scanned(
     assert john.startswith("<PERSON_")
     assert john in sent[1]["content"] and john in sent[3]["content"] and john in sent[4]["content"][0]["text"]
     assert sent[4]["name"] == sent[0]["content"].split("help ")[1].split(" with")[0]
+
+
+NAMED = "Ask John Smith before you book anything."
+
+
+def schema_with(**assignee: Any) -> dict[str, Any]:
+    """A tool-parameters schema whose one property carries ``assignee`` (the field under test)."""
+    return {
+        "type": "object",
+        "properties": {"assignee": {"type": "string", **assignee}, "when": {"type": "string", "format": "date"}},
+        "required": ["assignee", "when"],
+        "additionalProperties": False,
+    }
+
+
+def function_tool(about: str = "Book a meeting.", **assignee: Any) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": "book", "description": about, "parameters": schema_with(**assignee)},
+    }
+
+
+def json_format(about: str = "A booking.", **assignee: Any) -> dict[str, Any]:
+    schema = schema_with(**assignee)
+    return {"type": "json_schema", "json_schema": {"name": "booking", "description": about, "schema": schema}}
+
+
+DEFINITION_FIELDS: dict[str, dict[str, Any]] = {
+    "tools.function.description": {"tools": [function_tool(NAMED)]},
+    "tools.function.parameters.description": {"tools": [function_tool(description=NAMED)]},
+    "tools.function.parameters.title": {"tools": [function_tool(title="Booking for John Smith")]},
+    "tools.function.parameters.examples": {"tools": [function_tool(examples=["John Smith", 3])]},
+    "tools.function.parameters.default": {"tools": [function_tool(default="John Smith")]},
+    "tools.function.parameters.enum": {"tools": [function_tool(enum=["John Smith", "nobody"])]},
+    "functions.description": {"functions": [{"name": "book", "description": NAMED, "parameters": schema_with()}]},
+    "response_format.json_schema.description": {"response_format": json_format(NAMED)},
+    "response_format.json_schema.schema": {"response_format": json_format(description=NAMED)},
+    "prediction.content": {"prediction": {"type": "content", "content": NAMED}},
+    "prediction.content.parts": {"prediction": {"type": "content", "content": [{"type": "text", "text": NAMED}]}},
+}
+
+
+@pytest.mark.parametrize("fields", DEFINITION_FIELDS.values(), ids=DEFINITION_FIELDS.keys())
+async def test_tool_schema_and_prediction_text_is_scanned(
+    client: openai.AsyncOpenAI, fake_upstream: FakeUpstream, fields: dict[str, Any]
+) -> None:
+    """Text the model reads outside the messages is redacted like a message; identifiers and syntax stay.
+
+    The name is only in the field under test, so it is hidden by scanning that field, not by
+    propagation from a message that also holds it.
+    """
+    await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "Please book the meeting."}], **fields
+    )
+    sent = fake_upstream.requests[-1]
+    assert "John Smith" not in upstream_text(fake_upstream)
+    assert "<PERSON_1>" in orjson.dumps({k: sent[k] for k in fields}).decode()
+    # Property names, the required list, types and formats reach the upstream as the client wrote them.
+    schemas = [t["function"]["parameters"] for t in sent.get("tools", [])] + [
+        f["parameters"] for f in sent.get("functions", [])
+    ]
+    if "response_format" in sent:
+        schemas.append(sent["response_format"]["json_schema"]["schema"])
+    for schema in schemas:
+        assert list(schema["properties"]) == ["assignee", "when"]
+        assert schema["required"] == ["assignee", "when"]
+        assert schema["properties"]["when"] == {"type": "string", "format": "date"}
+    for tool in sent.get("tools", []) + sent.get("functions", []):
+        assert tool.get("function", tool)["name"] == "book"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_an_enum_value_shares_the_requests_placeholders_and_comes_back_restored(
+    client: openai.AsyncOpenAI, fake_upstream: FakeUpstream, stream: bool
+) -> None:
+    """Definitions use the request's one placeholder table: the model can answer with an enum value's
+    placeholder, and the client gets the value back in the arguments."""
+    prompt = "Book it for John Smith tomorrow."
+    tools: Any = [function_tool(description="Who attends; John Smith is the usual one.", enum=["John Smith", "nobody"])]
+    messages: Any = [{"role": "user", "content": prompt}]
+    if stream:
+        parts = await client.chat.completions.create(model="m", messages=messages, tools=tools, stream=True)
+        args = ""
+        async for chunk in parts:
+            for choice in chunk.choices:
+                for call in choice.delta.tool_calls or []:
+                    args += (call.function.arguments if call.function else None) or ""
+    else:
+        reply = await client.chat.completions.create(model="m", messages=messages, tools=tools)
+        calls = reply.choices[0].message.tool_calls
+        assert calls is not None
+        args = calls[0].function.arguments  # type: ignore[union-attr]
+    assert json.loads(args) == {"text": prompt}  # the fake echoes the (redacted) prompt as arguments
+    sent = fake_upstream.requests[-1]
+    assert "John Smith" not in upstream_text(fake_upstream)
+    assignee = sent["tools"][0]["function"]["parameters"]["properties"]["assignee"]
+    placeholder = assignee["enum"][0]
+    assert placeholder.startswith("<PERSON_") and assignee["enum"][1] == "nobody"
+    assert placeholder in assignee["description"] and placeholder in sent["messages"][0]["content"]
 
 
 async def test_resent_conversation_keeps_placeholders_stable(
@@ -386,37 +486,107 @@ async def test_configured_upstream_key_replaces_the_clients(
     assert len(fake_upstream.requests) == 1
 
 
+class GatedUpstream:
+    """An upstream whose streamed answer pauses after its first event until the test opens ``gate``.
+
+    The stream then echoes the (redacted) user text in 2-character events; a request that is not
+    streamed is answered at once with ``done``.
+    """
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json(loads=orjson.loads)
+        base = {"id": "chatcmpl-gated", "created": 0, "model": "m"}
+        if not body.get("stream"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": "done"}, "finish_reason": "stop"}
+            return web.json_response({**base, "object": "chat.completion", "choices": [choice]})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            chunk = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+
+        await send({"role": "assistant", "content": ""})
+        await self.gate.wait()
+        text = body["messages"][-1]["content"]
+        for i in range(0, len(text), 2):
+            await send({"content": text[i : i + 2]})
+        await send({}, "stop")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
 async def test_streams_keep_flowing_while_a_large_request_is_analysed(
-    settings: Any, policy_book: Any, aiohttp_server: Any, fake_upstream: FakeUpstream
+    settings: Any,
+    policy_book: Any,
+    gateway_server: Any,
+    aiohttp_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With the process-pool detector, the event loop stays free during a long analysis."""
+    """A stream relays its events while another request is being analysed by the real detector.
+
+    The upstream holds the small stream after its first event until the large request's analysis has
+    begun; every later event must then cross the gateway's event loop (which this test shares) during
+    that analysis. Were the analysis run on the loop, nothing could move until it ended, the test
+    included. So the order of two events decides, not a timer: the small stream is complete before the
+    large request's analysis is.
+    """
     from gateway.app import create_app
     from tests.conftest import MODEL
 
-    det = PresidioDetector(MODEL, workers=1, timeout=60)
-    await det.start()
+    upstream = GatedUpstream()
+    upstream_url = str((await aiohttp_server(upstream.app())).make_url("/v1"))
+    det = PresidioDetector(MODEL, workers=1, timeout=300)
+    await det.start([tuple(sorted(policy.regions)) for policy in policy_book.policies.values()])
+    analysing, analysed = asyncio.Event(), asyncio.Event()
+    analyze = det.analyze
+
+    async def observed(texts: Any, spec: DetectionSpec) -> list[list[Finding]]:
+        large = sum(len(t) for t in texts) > 10_000
+        if large:
+            analysing.set()
+        try:
+            return await analyze(texts, spec)
+        finally:
+            if large:
+                analysed.set()
+
+    monkeypatch.setattr(det, "analyze", observed)
     try:
-        server = await aiohttp_server(create_app(settings, detector=det, policies=policy_book))
-        url = str(server.make_url("/v1/chat/completions"))
-        big = {"model": "m", "messages": [{"role": "user", "content": PROMPT * 150}]}
-        async with aiohttp.ClientSession() as session:
-
-            async def post_big() -> int:
-                async with session.post(url, json=big) as r:
-                    return r.status
-
-            big_task = asyncio.create_task(post_big())
-            while not fake_upstream.requests and not big_task.done():
-                served = 0
-                for _ in range(5):
-                    async with session.get(str(server.make_url("/healthz"))) as h:
-                        served += h.status == 200
-                # Other requests are answered while the big one is still being analysed.
-                if not big_task.done():
-                    break
-            assert served == 5
-            assert not big_task.done(), "the analysis finished too fast to show anything; make the input larger"
-            assert await big_task == 200
+        app = create_app(settings.model_copy(update={"upstream": upstream_url}), detector=det, policies=policy_book)
+        server = await gateway_server(app)
+        async with openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-x", max_retries=0) as c:
+            small = "Hi, I'm Maria Gonzalez. Please write to john.smith@example.com about the invoice."
+            stream = await c.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": small}], stream=True
+            )
+            chunks = aiter(stream)
+            await anext(chunks)  # the small request is analysed and its stream is open
+            big: Any = [{"role": "user", "content": PROMPT * 150}]
+            big_reply = asyncio.create_task(c.chat.completions.create(model="m", messages=big))
+            started = asyncio.create_task(analysing.wait())
+            await asyncio.wait({big_reply, started}, return_when=asyncio.FIRST_COMPLETED)
+            assert analysing.is_set(), "the large request failed before its analysis began"
+            upstream.gate.set()
+            received = [chunk async for chunk in chunks]
+            assert not analysed.is_set(), "the stream waited for the large request's analysis to finish"
+            text = "".join(choice.delta.content or "" for chunk in received for choice in chunk.choices)
+            assert text == small  # every event went through, restored
+            assert len(received) > 20  # the echo came in 2-character events, all after the gate opened
+            assert (await big_reply).choices[0].message.content == "done"
+            assert analysed.is_set()
     finally:
         await det.close()
 

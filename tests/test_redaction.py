@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.app import create_app
-from gateway.detector import PresidioDetector
-from gateway.policy import Action, MaskSpec, load_policy_dir
-from gateway.redaction import Redactor, Slot, Span, _merge, _propagate, mask
+from gateway.app import PARTS, create_app
+from gateway.detector import DetectionSpec, Finding, PresidioDetector
+from gateway.errors import PolicyBlocked
+from gateway.keys import KeyRing
+from gateway.policy import Action, MaskSpec, load_policy_dir, parse_policy
+from gateway.redaction import OFFLOAD_CHARS, Redactor, Slot, Span, _merge, _propagate, hash_token, mask
 from gateway.settings import Settings
 from tests.fake_upstream import FakeUpstream
 
@@ -44,21 +47,29 @@ allow_list:
 DEFAULT = "name: default\nentities:\n  PERSON: pseudonymize\n"
 
 
-@pytest.fixture
-async def actions_client(
-    settings: Settings, detector: PresidioDetector, tmp_path: Path, aiohttp_server: Callable[..., Awaitable[TestServer]]
-) -> AsyncIterator[openai.AsyncOpenAI]:
+def actions_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "policies"
     folder.mkdir()
     (folder / "actions.yaml").write_text(ACTIONS)
     (folder / "default.yaml").write_text(DEFAULT)
+    return folder
+
+
+@pytest.fixture
+async def actions_server(
+    settings: Settings, detector: PresidioDetector, tmp_path: Path, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> TestServer:
     app: web.Application = create_app(
-        settings.model_copy(update={"policies_dir": folder, "default_policy": "actions"}),
+        settings.model_copy(update={"policies_dir": actions_folder(tmp_path), "default_policy": "actions"}),
         detector=detector,
         hash_key=b"k" * 32,
     )
-    server = await aiohttp_server(app)
-    async with openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-x", max_retries=0) as c:
+    return await aiohttp_server(app)
+
+
+@pytest.fixture
+async def actions_client(actions_server: TestServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=str(actions_server.make_url("/v1")), api_key="sk-x", max_retries=0) as c:
         yield c
 
 
@@ -122,6 +133,66 @@ async def test_allow_is_never_changed(actions_client: openai.AsyncOpenAI, fake_u
     assert sent(fake_upstream) == text
 
 
+async def test_allow_is_counted_and_an_unlisted_type_is_not(
+    actions_server: TestServer, actions_client: openai.AsyncOpenAI, detector: PresidioDetector
+) -> None:
+    """``allow``: detected and counted (action="allow"); a type the policy does not list: not counted at all."""
+    text = "We met in Paris on 3 May 2024."
+    (found,) = await detector.analyze([text], DetectionSpec())
+    assert {"LOCATION", "DATE_TIME"} <= {f.entity_type for f in found}  # both are really detected
+    assert await ask(actions_client, text) == text
+    assert actions_server.app is not None
+    registry = actions_server.app[PARTS].metrics.registry
+
+    def counted(entity_type: str) -> dict[str, float]:
+        return {
+            s.labels["action"]: s.value
+            for metric in registry.collect()
+            if metric.name == "gateway_entities"
+            for s in metric.samples
+            if s.name == "gateway_entities_total" and s.labels["entity_type"] == entity_type
+        }
+
+    for _ in range(100):  # observed once the exchange completes
+        if counted("LOCATION"):
+            break
+        await asyncio.sleep(0.01)
+    assert counted("LOCATION") == {"allow": 1.0}
+    assert counted("DATE_TIME") == {}
+
+
+async def test_hash_tokens_come_from_each_tenants_own_key(
+    settings: Settings,
+    detector: PresidioDetector,
+    tmp_path: Path,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    fake_upstream: FakeUpstream,
+) -> None:
+    """Through the real key path (no fixed key): stable for one tenant across requests, different across tenants."""
+    ring, acme = KeyRing({}).create("acme", None)
+    ring, globex = ring.create("globex", None)
+    ring.save(settings.resolved_keys_file())
+    app = create_app(
+        settings.model_copy(update={"policies_dir": actions_folder(tmp_path), "default_policy": "actions"}),
+        detector=detector,
+    )
+    server = await aiohttp_server(app)
+
+    async def token(key: str, text: str) -> str:
+        async with openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=key, max_retries=0) as c:
+            await ask(c, text)
+        found: list[str] = re.findall(r"<EMAIL_ADDRESS:[0-9a-f]{12}>", sent(fake_upstream))
+        assert len(found) == 1
+        return found[0]
+
+    first = await token(acme, "Customer ann.lee@example.org wrote again.")
+    again = await token(acme, "Is ann.lee@example.org a VIP?")
+    other = await token(globex, "Customer ann.lee@example.org wrote again.")
+    assert first == again
+    assert other != first
+    assert "ann.lee" not in "".join(orjson.dumps(r).decode() for r in fake_upstream.requests)
+
+
 async def test_allow_list_and_deny_list(actions_client: openai.AsyncOpenAI, fake_upstream: FakeUpstream) -> None:
     text = "Ada Lovelace from help@example-corp.com asked about Bluebird and John Smith."
     # The code name is redacted (never restored); the rest comes back as sent.
@@ -134,17 +205,50 @@ async def test_allow_list_and_deny_list(actions_client: openai.AsyncOpenAI, fake
     assert "John Smith" not in upstream
 
 
-async def test_overlapping_findings_take_the_strongest_action(detector: PresidioDetector, tmp_path: Path) -> None:
-    """A span that is both a phone number (pseudonymize) and an SSN (block) is blocked."""
-    folder = tmp_path / "p"
-    folder.mkdir()
-    (folder / "default.yaml").write_text(
-        "name: default\nscore_threshold: 0.0\nentities:\n  PHONE_NUMBER: pseudonymize\n  US_SSN: block\n"
-    )
-    policy = load_policy_dir(folder, "default").default_policy
-    slot = Slot.detached("SSN 536-22-8174")
-    with pytest.raises(Exception, match="US_SSN"):
-        await Redactor(detector, b"k").redact([slot], policy)
+OVERLAP = """\
+name: overlap
+entities:
+  ORDER_REF: {left}
+  ACCOUNT: {right}
+recognizers:
+  - {{name: orders, entity: ORDER_REF, patterns: [{{regex: 'ORD-\\d{{6}}', score: 0.9}}]}}
+  - {{name: accounts, entity: ACCOUNT, patterns: [{{regex: '\\d{{6}}-\\d{{4}}', score: 0.8}}]}}
+"""
+#: ORD-123456 (ORDER_REF) and 123456-7890 (ACCOUNT) share 123456.
+OVERLAPPING = "Refund ORD-123456-7890 today."
+PAIRS = list(zip(list(Action)[:-1], list(Action)[1:], strict=True))  # (stronger, weaker), as documented
+
+
+@pytest.mark.parametrize("left_stronger", [True, False], ids=["left-stronger", "right-stronger"])
+@pytest.mark.parametrize(("strong", "weak"), PAIRS, ids=[f"{s.value}>{w.value}" for s, w in PAIRS])
+async def test_overlapping_findings_take_the_strongest_action(
+    detector: PresidioDetector, strong: Action, weak: Action, left_stronger: bool
+) -> None:
+    """Two findings that really overlap merge into one span, and the stronger action applies to all of it."""
+    left, right = (strong, weak) if left_stronger else (weak, strong)
+    policy = parse_policy(OVERLAP.format(left=left.value, right=right.value), "overlap.yaml")
+    (found,) = await detector.analyze([OVERLAPPING], policy.detection_spec())
+    assert sorted((f.entity_type, f.start, f.end) for f in found) == [("ACCOUNT", 11, 22), ("ORDER_REF", 7, 17)]
+    entity = "ORDER_REF" if left_stronger else "ACCOUNT"
+    # Both hide: the merged span covers both. With allow, the hiding span stays as it is (never widened).
+    start, end = (7, 22) if weak is not Action.ALLOW else ((7, 17) if left_stronger else (11, 22))
+    value = OVERLAPPING[start:end]
+    slot = Slot.detached(OVERLAPPING)
+    if strong is Action.BLOCK:
+        with pytest.raises(PolicyBlocked) as info:
+            await Redactor(detector, b"k" * 32).redact([slot], policy)
+        assert info.value.entity_types == [entity]
+        return
+    redactions = await Redactor(detector, b"k" * 32).redact([slot], policy)
+    replacement = {
+        Action.REDACT: f"<{entity}_1>",
+        Action.MASK: mask(value, MaskSpec()),
+        Action.HASH: hash_token(b"k" * 32, entity, value),
+        Action.PSEUDONYMIZE: f"<{entity}_1>",
+    }[strong]
+    assert slot.text == OVERLAPPING[:start] + replacement + OVERLAPPING[end:]
+    assert dict(redactions.restorable) == ({replacement: value} if strong is Action.PSEUDONYMIZE else {})
+    assert dict(redactions.counts) == {(entity, strong.value): 1}
 
 
 def test_mask_never_shows_a_value_whole() -> None:
@@ -221,3 +325,59 @@ def test_propagation_hides_at_least_what_a_regex_of_the_values_finds(
     reference = _regex_propagate(slots, spans)
     for mine, theirs in zip(ours, reference, strict=True):
         assert _covered(theirs) <= _covered(mine)
+
+
+class _ScriptedDetector:
+    """Returns findings fixed in advance, at once: what this test measures is the redactor's own work after
+    detection, which must not depend on how long a real analysis of 200 kB takes."""
+
+    def __init__(self, findings: list[list[Finding]]) -> None:
+        self.findings = findings
+
+    async def analyze(self, texts: Sequence[str], spec: DetectionSpec) -> list[list[Finding]]:
+        return self.findings
+
+    def remember(self, text: str, spec: DetectionSpec, findings: list[Finding]) -> None:
+        """Nothing to remember."""
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self, region_sets: Iterable[tuple[str, ...]] = ((),)) -> None:
+        """Nothing to start."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+@pytest.mark.parametrize("chars", [OFFLOAD_CHARS // 10, OFFLOAD_CHARS * 2])
+async def test_post_detection_work_on_a_large_request_runs_off_the_event_loop(chars: int) -> None:
+    unit = "Ask Maria Gonzalez{} at desk 4. "
+    text = "".join(unit.format(i) for i in range(chars // len(unit) + 1))
+    found = [Finding(m.start(), m.end(), "PERSON", 0.9, "scripted") for m in re.finditer(r"Maria Gonzalez\d+", text)]
+    redactor = Redactor(_ScriptedDetector([found]), b"k" * 32)
+    policy = parse_policy("name: p\nentities:\n  PERSON: pseudonymize\n", "p.yaml")
+    slot = Slot.detached(text, "user")
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    redactions = await redactor.redact([slot], policy)
+    during = ticks - before
+    done.set()
+    await task
+    assert "Maria Gonzalez" not in slot.text
+    assert len(redactions.counts) == 1
+    if chars >= OFFLOAD_CHARS:
+        assert during > 2, "the event loop did not run while a large request was rewritten"
+    else:
+        assert during <= 1, "a small request should be rewritten inline, without a thread hop"

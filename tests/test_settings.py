@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from gateway.settings import Secret, SettingsError, load_settings
+from gateway.settings import POLICY_ROUTES, PolicyBindingSettings, Secret, SettingsError, load_settings
 
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
@@ -69,3 +70,89 @@ def test_secrets_never_show(tmp_path: Path) -> None:
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"nope\.yaml"):
         load_settings({}, environ={}, config_file=tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("binding", "expected"),
+    [
+        (
+            "{route: chat.completion, policy: strict}",
+            "setting 'policy_bindings.0.route' (from {config}; env PII_GATEWAY_POLICY_BINDINGS__0__ROUTE): "
+            "unknown route 'chat.completion'; the gateway serves: anthropic.messages, chat.completions, "
+            "completions, embeddings, responses",
+        ),
+        (
+            "{policy: strict}",
+            "setting 'policy_bindings.0' (from {config}; env PII_GATEWAY_POLICY_BINDINGS__0): the binding to "
+            "policy 'strict' sets neither 'model' nor 'route'",
+        ),
+        ("{route: models, policy: strict}", "unknown route 'models'"),
+    ],
+)
+def test_policy_bindings_are_checked_at_start(tmp_path: Path, binding: str, expected: str) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"policy_bindings:\n  - {{model: 'gpt-4o*', policy: strict}}\n  - {binding}\n")
+    with pytest.raises(SettingsError) as info:
+        load_settings({}, environ={}, config_file=config)
+    assert expected.format(config=config).replace(".0", ".1").replace("__0", "__1") in str(info.value)
+
+
+def test_policy_binding_routes_are_the_routes_the_gateway_serves() -> None:
+    from gateway.app import AZURE_ROUTES, ROUTES
+
+    assert {api.route for api in [*ROUTES.values(), *AZURE_ROUTES.values()]} == POLICY_ROUTES
+    s = load_settings({}, environ={}, config_file=None)
+    assert s.policy_bindings == []
+    for route in POLICY_ROUTES:
+        assert PolicyBindingSettings(route=route, policy="strict").route == route
+
+
+@pytest.mark.parametrize(
+    ("upstream", "warned"),
+    [
+        ("https://api.openai.com", True),
+        ("https://api.openai.com/", True),
+        ("http://vllm:8000", True),
+        ("https://api.openai.com/v1", False),
+        ("https://gateway.example/openai/v1", False),
+        ("https://contoso.openai.azure.com", False),  # Azure's base has no path
+    ],
+)
+def test_an_upstream_without_a_path_is_warned_about_not_refused(
+    upstream: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="gateway.settings"):
+        s = load_settings({"upstream": upstream}, environ={})
+    assert s.upstream == upstream.rstrip("/")
+    messages = [r.getMessage() for r in caplog.records]
+    if warned:
+        (message,) = messages
+        assert message.startswith("setting 'upstream': the base URL")
+        assert "/v1" in message
+    else:
+        assert messages == []
+
+
+def test_each_upstream_of_several_is_named_in_the_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "upstreams:\n  - {name: a, url: 'https://api.openai.com/v1'}\n  - {name: b, url: 'https://api.anthropic.com', "
+        "kind: anthropic}\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="gateway.settings"):
+        load_settings({}, environ={}, config_file=config)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["setting 'upstreams.1.url'"]
+
+
+def test_a_kubernetes_service_link_in_the_port_variable_is_ignored_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="gateway.settings"):
+        s = load_settings({}, environ={"PII_GATEWAY_PORT": "tcp://10.0.0.1:8080"})
+    assert s.port == 8080
+    (record,) = caplog.records
+    assert "PII_GATEWAY_PORT" in record.getMessage()
+    assert "ignored" in record.getMessage()
+    assert load_settings({"port": 9000}, environ={"PII_GATEWAY_PORT": "tcp://10.0.0.1:8080"}).port == 9000
+    with pytest.raises(SettingsError, match="setting 'port'"):
+        load_settings({}, environ={"PII_GATEWAY_PORT": "http://x"})  # anything else is still an error

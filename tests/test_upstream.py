@@ -1,4 +1,4 @@
-"""Upstream behaviour: retries only before anything was sent, redirects not followed, TLS, SSRF guard."""
+"""Upstream behaviour: retries only before anything was sent, no redirects, hop-by-hop headers, TLS, SSRF guard."""
 
 from __future__ import annotations
 
@@ -18,11 +18,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.app import create_app
 from gateway.detector import PresidioDetector
-from gateway.settings import RetrySettings, Settings, SettingsError, UpstreamGuardSettings, UpstreamTlsSettings
+from gateway.settings import (
+    RetrySettings,
+    Secret,
+    Settings,
+    SettingsError,
+    UpstreamGuardSettings,
+    UpstreamTimeouts,
+    UpstreamTlsSettings,
+)
 from gateway.tls import ServerTLS
+from gateway.upstream import UpstreamClient, client_headers
 
 Server = Callable[..., Awaitable[TestServer]]
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
@@ -31,10 +41,12 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 class Scripted:
     """An upstream that answers from a script: a list of (status, headers) before echoing 200."""
 
-    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+    def __init__(self, script: list[tuple[int, dict[str, str]]], answer_headers: dict[str, str] | None = None) -> None:
         self.script = list(script)
         self.calls = 0
         self.redirect_target_hit = False
+        self.answer_headers = answer_headers or {}
+        self.received: list[CIMultiDictProxy[str]] = []
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -44,13 +56,14 @@ class Scripted:
 
     async def chat(self, request: web.Request) -> web.Response:
         self.calls += 1
+        self.received.append(request.headers)
         await request.read()
         if self.script:
             status, headers = self.script.pop(0)
             return web.json_response({"error": {"message": f"status {status}"}}, status=status, headers=headers)
         choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
         answer = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice]}
-        return web.json_response(answer)
+        return web.json_response(answer, headers=self.answer_headers)
 
     async def elsewhere(self, request: web.Request) -> web.Response:
         self.redirect_target_hit = True
@@ -124,6 +137,50 @@ async def test_redirects_are_not_followed(
     async with aiohttp.ClientSession() as session, session.post(url, json=BODY, allow_redirects=False) as r:
         assert r.status == 307
     assert not scripted.redirect_target_hit
+
+
+# --- hop-by-hop headers (RFC 9110 section 7.6.1) -----------------------------------------------------
+
+
+async def test_headers_named_in_connection_are_dropped_both_ways(
+    settings: Settings, detector: PresidioDetector, aiohttp_server: Server
+) -> None:
+    scripted = Scripted(
+        [], answer_headers={"Connection": "X-Upstream-Hop", "X-Upstream-Hop": "hop", "X-Upstream-Kept": "kept"}
+    )
+    up = str((await aiohttp_server(scripted.app())).make_url("/v1"))
+    url = await gateway_for(settings, detector, aiohttp_server, up)
+    sent = {"Connection": "keep-alive, X-Client-Hop", "X-Client-Hop": "hop", "X-Client-Kept": "kept"}
+    async with aiohttp.ClientSession() as session, session.post(url, json=BODY, headers=sent) as r:
+        assert r.status == 200
+        assert r.headers["X-Upstream-Kept"] == "kept"
+        assert "X-Upstream-Hop" not in r.headers
+        assert r.headers.get("Connection", "").lower() != "x-upstream-hop"
+    received = scripted.received[-1]
+    assert received["X-Client-Kept"] == "kept"
+    assert "X-Client-Hop" not in received
+
+
+async def test_connection_options_are_read_from_every_connection_line_in_any_case() -> None:
+    """Both directions, at the unit level: several ``Connection`` lines, odd spacing and case."""
+    headers = CIMultiDict(
+        [
+            ("Connection", "close ,X-One"),
+            ("connection", " x-TWO, , keep-alive"),
+            ("X-One", "1"),
+            ("x-two", "2"),
+            ("X-Three", "3"),
+            ("Authorization", "Bearer sk-client"),
+        ]
+    )
+    assert dict(client_headers(headers)) == {"X-Three": "3", "Authorization": "Bearer sk-client"}
+    async with aiohttp.ClientSession() as session:
+        client = UpstreamClient(session, "http://upstream/v1", UpstreamTimeouts())
+        assert dict(client.outbound_headers(headers)) == {"X-Three": "3", "Authorization": "Bearer sk-client"}
+        # A client may not strip the gateway's own credential by naming it: the injected key is added after.
+        keyed = UpstreamClient(session, "http://upstream/v1", UpstreamTimeouts(), Secret("sk-gateway"))
+        named = CIMultiDict([("Connection", "Authorization"), ("Authorization", "Bearer sk-client")])
+        assert dict(keyed.outbound_headers(named)) == {"Authorization": "Bearer sk-gateway"}
 
 
 async def test_ssrf_guard_refuses_private_upstreams(

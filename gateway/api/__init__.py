@@ -100,6 +100,66 @@ def json_leaf_slots(value: Any, role: str | None, slots: list[Slot]) -> None:
                 json_leaf_slots(item, role, slots)
 
 
+#: JSON-schema keywords whose strings are syntax the upstream must get verbatim: types, formats, regular
+#: expressions, references, and lists of property names. Never scanned.
+SCHEMA_SYNTAX = frozenset(
+    {
+        "type", "format", "pattern", "$ref", "$id", "$schema", "$anchor", "$dynamicRef", "$dynamicAnchor",
+        "$vocabulary", "required", "dependentRequired", "discriminator", "contentEncoding", "contentMediaType",
+    }
+)  # fmt: skip
+#: Keywords whose values are instances of the schema (data, not schemas): every string inside is scanned.
+SCHEMA_DATA = frozenset({"default", "const", "enum", "examples", "example"})
+#: Keywords that map property (or definition) names to subschemas.
+SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"})
+
+
+def schema_slots(schema: Any, role: str | None, slots: list[Slot]) -> None:
+    """A slot for every string in a JSON schema that the model reads as text (tool parameters, output schemas).
+
+    Scanned: ``description``, ``title``, ``$comment``, every string inside ``enum``, ``const``,
+    ``default`` and ``examples``, and the string values of keywords this function does not know
+    (vendor extensions): an unknown keyword is text until shown otherwise, so it fails closed.
+
+    Left alone, deliberately:
+
+    - object *keys*: property names, ``$defs`` names and the keys inside ``default``/``enum`` objects
+      are identifiers the model must echo back exactly in its arguments, and the client's code
+      matches on them. A name would be a leak only if a developer chose a person's name as a field
+      name; rewriting identifiers would break every tool call instead.
+    - the :data:`SCHEMA_SYNTAX` keywords (``type``, ``format``, ``pattern``, ``$ref``, ``required`` ...):
+      syntax, not prose; a rewritten regex or reference breaks the schema.
+
+    ``enum`` and ``const`` values *are* scanned, although the model must echo them too: the model
+    then answers with the placeholder, which restoration turns back into the value in the arguments
+    or content the client receives (under a policy that restores; otherwise the client sees the
+    placeholder, as it would for the same value in a message).
+    """
+    if not isinstance(schema, dict):
+        return
+    for key, value in schema.items():
+        if key in SCHEMA_SYNTAX:
+            continue
+        if key in SCHEMA_DATA:
+            if isinstance(value, str):
+                slots.append(Slot(value, role, setter(schema, key)))
+            else:
+                json_leaf_slots(value, role, slots)
+        elif key in SCHEMA_MAPS and isinstance(value, dict):
+            for sub in value.values():  # draft-07 ``dependencies`` may map to a name list: syntax, skipped
+                schema_slots(sub, role, slots)
+        elif isinstance(value, str):
+            slots.append(Slot(value, role, setter(schema, key)))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    slots.append(Slot(item, role, setter(value, i)))
+                else:
+                    schema_slots(item, role, slots)
+        else:
+            schema_slots(value, role, slots)
+
+
 def restore_json_leaves(value: Any, restore: Callable[[str], str]) -> None:
     if isinstance(value, dict):
         for key, item in value.items():

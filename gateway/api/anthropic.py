@@ -2,8 +2,10 @@
 
 Scanned: ``system`` (a string or text blocks); ``messages[].content`` as a string or blocks: ``text``,
 ``tool_result`` (string or nested blocks), every string inside ``tool_use.input``, and ``thinking``
-text. Images and documents are unscannable. Restored: ``content`` blocks (``text``, ``tool_use``
-input, ``thinking``); in streams, ``content_block_delta`` events (``text_delta``, ``input_json_delta``
+text; tool definitions (``tools[].description`` and the ``input_schema`` JSON schema, walked by
+:func:`~gateway.api.schema_slots`: tool names, property names and schema syntax stay). Images and
+documents are unscannable. Restored: ``content`` blocks (``text``, ``tool_use`` input, ``thinking``);
+in streams, ``content_block_delta`` events (``text_delta``, ``input_json_delta``
 with values JSON-escaped, ``thinking_delta``), one restorer per block index, with the held-back
 tail released as one extra delta just before that block's ``content_block_stop``.
 
@@ -21,7 +23,8 @@ from ..errors import BadRequest, UnscannableContent
 from ..placeholders import PlaceholderRestorer
 from ..policy import Policy
 from ..redaction import Slot
-from . import Event, WireApi, json_leaf_slots, listed, restore_json_leaves, setter
+from . import Event, WireApi, json_leaf_slots, listed, request_list, restore_json_leaves, schema_slots, setter
+from .chat import DEFINITION_ROLE
 
 UNSCANNABLE = frozenset({"image", "document", "file", "audio", "container_upload"})
 
@@ -29,11 +32,20 @@ UNSCANNABLE = frozenset({"image", "document", "file", "audio", "container_upload
 def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int]:
     slots: list[Slot] = []
     unscanned = 0
+    # Tools first, as Anthropic renders the prompt (tools, system, messages): see chat.collect_slots.
+    for j, tool in enumerate(request_list(body.get("tools"), "tools")):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools[{j}] must be an object.", param=f"tools[{j}]")
+        if isinstance(tool.get("description"), str):
+            slots.append(Slot(tool["description"], DEFINITION_ROLE, setter(tool, "description")))
+        schema_slots(tool.get("input_schema"), DEFINITION_ROLE, slots)
     system = body.get("system")
     if isinstance(system, str):
         slots.append(Slot(system, "system", setter(body, "system")))
     elif isinstance(system, list):
         unscanned += _blocks(system, "system", policy, slots, "system")
+    elif system is not None:  # anything else would be forwarded unscanned
+        raise BadRequest("'system' must be a string or an array of blocks.", param="system")
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise BadRequest("'messages' must be an array of message objects.", param="messages")
@@ -46,6 +58,8 @@ def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int
             slots.append(Slot(content, role, setter(message, "content")))
         elif isinstance(content, list):
             unscanned += _blocks(content, role, policy, slots, f"messages[{i}].content")
+        elif content is not None:
+            raise BadRequest(f"messages[{i}].content must be a string or an array.", param=f"messages[{i}].content")
     return slots, unscanned
 
 

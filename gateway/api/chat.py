@@ -5,6 +5,13 @@ Scanned: every message's ``content`` (a string, or the ``text``/``refusal`` part
 and the top-level ``user``. Parts the detector cannot read (images, audio, files, and any part type this
 module does not know) are refused, or passed unscanned when the policy says so.
 
+Also scanned, because the model reads them as much as a message: tool definitions (``tools[].function``
+and legacy ``functions[]``: ``description`` and the ``parameters`` schema; ``tools[].custom.description``),
+``response_format.json_schema`` (``description`` and ``schema``), and ``prediction.content`` (a string or
+text parts). Schemas are walked by :func:`~gateway.api.schema_slots`, which keeps property names and
+schema syntax. Tool and function *names* stay: the model must call them by name, and answers are
+matched on them. A custom tool's grammar (``format``) is syntax and stays too.
+
 Restored: in each choice's ``message`` (or streamed ``delta``): ``content``, ``refusal``,
 ``reasoning_content`` and tool-call / function-call ``arguments`` (with values JSON-escaped there).
 Every other field of the answer passes through untouched.
@@ -19,7 +26,7 @@ from ..errors import BadRequest, UnscannableContent
 from ..placeholders import PlaceholderRestorer
 from ..policy import Policy
 from ..redaction import Slot
-from . import Event, WireApi, listed, openai_usage, request_list, setter
+from . import Event, WireApi, listed, openai_usage, request_list, schema_slots, setter
 
 TEXT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
 UNSCANNABLE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "audio", "input_image", "input_file"})
@@ -35,6 +42,9 @@ def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int
         raise BadRequest("'messages' must be an array of message objects.", param="messages")
     slots: list[Slot] = []
     unscanned = 0
+    # Definitions first: they come first in the prompt, and numbering by first occurrence then keeps
+    # their placeholders the same turn after turn (provider-side prompt caching keys on that prefix).
+    definition_slots(body, slots)
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
@@ -57,9 +67,62 @@ def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int
         legacy = message.get("function_call")
         if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
             slots.append(Slot(legacy["arguments"], role, _setter(legacy, "arguments"), kind="json"))
+    unscanned += _prediction_slots(body.get("prediction"), policy, slots)
     if isinstance(body.get("user"), str):
         slots.append(Slot(body["user"], None, _setter(body, "user")))
     return slots, unscanned
+
+
+#: The role that tool and output-schema definitions are scanned under: developers write them, like a
+#: system prompt, so a policy's ``roles`` treats them as one.
+DEFINITION_ROLE = "system"
+
+
+def definition_slots(body: dict[str, Any], slots: list[Slot]) -> None:
+    """Slots for ``tools``, legacy ``functions`` and ``response_format``: the text the model reads in them."""
+    for j, tool in enumerate(request_list(body.get("tools"), "tools")):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools[{j}] must be an object.", param=f"tools[{j}]")
+        function = tool.get("function")
+        if isinstance(function, dict):
+            function_slots(function, slots)
+        custom = tool.get("custom")
+        if isinstance(custom, dict) and isinstance(custom.get("description"), str):
+            slots.append(Slot(custom["description"], DEFINITION_ROLE, _setter(custom, "description")))
+    for j, function in enumerate(request_list(body.get("functions"), "functions")):
+        if not isinstance(function, dict):
+            raise BadRequest(f"functions[{j}] must be an object.", param=f"functions[{j}]")
+        function_slots(function, slots)
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        json_schema = response_format.get("json_schema")
+        if isinstance(json_schema, dict):
+            if isinstance(json_schema.get("description"), str):
+                slots.append(Slot(json_schema["description"], DEFINITION_ROLE, _setter(json_schema, "description")))
+            schema_slots(json_schema.get("schema"), DEFINITION_ROLE, slots)
+
+
+def function_slots(function: dict[str, Any], slots: list[Slot]) -> None:
+    """A function definition's ``description`` and ``parameters`` schema (its ``name`` is an identifier)."""
+    if isinstance(function.get("description"), str):
+        slots.append(Slot(function["description"], DEFINITION_ROLE, _setter(function, "description")))
+    schema_slots(function.get("parameters"), DEFINITION_ROLE, slots)
+
+
+def _prediction_slots(prediction: Any, policy: Policy, slots: list[Slot]) -> int:
+    """``prediction.content``: the text the client expects back (usually its own document), scanned as
+    the user's. A list holds text parts, like a message's content."""
+    if not isinstance(prediction, dict):
+        return 0
+    content = prediction.get("content")
+    if isinstance(content, str):
+        slots.append(Slot(content, "user", _setter(prediction, "content")))
+        return 0
+    if isinstance(content, list):
+        return _collect_parts(content, "user", policy, slots, "prediction.content")
+    if content is not None:
+        raise BadRequest("prediction.content must be a string or an array.", param="prediction.content")
+    return 0
 
 
 def _collect_parts(parts: list[Any], role: str | None, policy: Policy, slots: list[Slot], where: str) -> int:

@@ -3,6 +3,11 @@
 Scanned: ``instructions``; ``input`` as a string or as items: messages (string content, or
 ``input_text``/``output_text``/``refusal`` parts), ``function_call`` arguments, ``function_call_output``
 and ``custom_tool_call(_output)`` text, reasoning summaries. Images, files and audio are unscannable.
+Also what the model reads besides the input: tool definitions (``function`` tools' ``description`` and
+``parameters`` schema, ``custom`` tools' ``description``, ``mcp`` tools' ``server_description``), the
+``text.format`` JSON schema (``description`` and ``schema``) and ``prompt.variables``. Tool names,
+property names and schema syntax stay as they are (see :func:`~gateway.api.schema_slots`); so do the
+other tool types' settings (an MCP server's URL and headers are credentials and addresses, not text).
 
 Restored: ``output`` items (``output_text``, refusals, function-call ``arguments``, reasoning
 summaries) in whole answers, and in streams the ``*.delta`` events (per output and content index),
@@ -24,7 +29,8 @@ from ..errors import BadRequest, UnscannableContent
 from ..placeholders import PlaceholderRestorer
 from ..policy import Policy
 from ..redaction import Slot
-from . import Event, WireApi, listed, openai_usage, request_list, setter
+from . import Event, WireApi, listed, openai_usage, request_list, schema_slots, setter
+from .chat import DEFINITION_ROLE
 
 UNSCANNABLE = frozenset({"input_image", "input_file", "input_audio", "image", "file"})
 TEXT_PART_KEYS = {
@@ -40,8 +46,18 @@ JSON_FIELDS = ("arguments",)
 def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int]:
     slots: list[Slot] = []
     unscanned = 0
-    if isinstance(body.get("instructions"), str):
-        slots.append(Slot(body["instructions"], "system", setter(body, "instructions")))
+    _definition_slots(body, slots)  # first, as in the prompt: see chat.collect_slots
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        slots.append(Slot(instructions, "system", setter(body, "instructions")))
+    elif isinstance(instructions, list):  # input items, as a response object carries them
+        for i, item in enumerate(instructions):
+            if not isinstance(item, dict):
+                raise BadRequest(f"instructions[{i}] must be an object.", param=f"instructions[{i}]")
+            unscanned += _item_slots(item, policy, slots, f"instructions[{i}]")
+    elif instructions is not None:
+        raise BadRequest("'instructions' must be a string or an array of input items.", param="instructions")
+    unscanned += _prompt_variable_slots(body.get("prompt"), policy, slots)
     value = body.get("input")
     if isinstance(value, str):
         slots.append(Slot(value, "user", setter(body, "input")))
@@ -55,6 +71,37 @@ def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int
     if isinstance(body.get("user"), str):
         slots.append(Slot(body["user"], None, setter(body, "user")))
     return slots, unscanned
+
+
+def _definition_slots(body: dict[str, Any], slots: list[Slot]) -> None:
+    for j, tool in enumerate(request_list(body.get("tools"), "tools")):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools[{j}] must be an object.", param=f"tools[{j}]")
+        for field in ("description", "server_description"):
+            if isinstance(tool.get(field), str):
+                slots.append(Slot(tool[field], DEFINITION_ROLE, setter(tool, field)))
+        if tool.get("type") == "function":
+            schema_slots(tool.get("parameters"), DEFINITION_ROLE, slots)
+    text = body.get("text")
+    json_format = text.get("format") if isinstance(text, dict) else None
+    if isinstance(json_format, dict) and json_format.get("type") == "json_schema":
+        if isinstance(json_format.get("description"), str):
+            slots.append(Slot(json_format["description"], DEFINITION_ROLE, setter(json_format, "description")))
+        schema_slots(json_format.get("schema"), DEFINITION_ROLE, slots)
+
+
+def _prompt_variable_slots(prompt: Any, policy: Policy, slots: list[Slot]) -> int:
+    """A stored prompt's ``variables``: strings, or input parts, substituted into the prompt upstream."""
+    variables = prompt.get("variables") if isinstance(prompt, dict) else None
+    if not isinstance(variables, dict):
+        return 0
+    unscanned = 0
+    for name, value in variables.items():
+        if isinstance(value, str):
+            slots.append(Slot(value, "user", setter(variables, name)))
+        else:
+            unscanned += _part_slots(value, "user", policy, slots, "prompt.variables")
+    return unscanned
 
 
 def _item_slots(item: dict[str, Any], policy: Policy, slots: list[Slot], where: str) -> int:

@@ -135,6 +135,10 @@ def _bare(token: str) -> str:
     return token.strip(".,").lower()
 
 
+#: The rest of a line that makes it a label line: "Tallinn office: ...".
+_LABEL_REST = re.compile(r"[ \t]{1,3}[a-z][\w \t]{0,30}:")
+
+
 def _complete(text: str, start: int, end: int, score: float, *, has_unit: bool = False) -> tuple[int, int, float]:
     """Widen a street to its house number, unit and locality lines, and score what was found around it."""
     lead = _LEADING_NUMBER.search(text, max(0, start - 12), start)
@@ -158,6 +162,9 @@ def _complete(text: str, start: int, end: int, score: float, *, has_unit: bool =
         first = part.group("part").split()[0]
         if _bare(first) in _NOT_PLACES and not first.isupper():  # "Regards", but "THE LAURELS"
             break
+        label = _LABEL_REST.match(text, part.end()) and not re.search(r"\d", part.group("part"))
+        if label and "\n" in text[end : part.start("part")]:
+            break  # "Tallinn office: ...": the next line is a label, not a locality
         end, found = part.end(), True
         postal = postal or re.search(r"\d|\b[A-Z]{2}\b", part.group("part")) is not None
     if postal:
@@ -275,7 +282,7 @@ FOREIGN_TYPES = words(
     vicolo vico lungomare lungolago lungotevere corso largo strada borgo borgata contrada canale stretto rotonda
     salita discesa campo fondamenta rampa galleria traversa località localita frazione rione riva molo calata
     via rua travessa praça praca alameda estrada beco praceta calçada rodovia quinta jardim ul. ulica aleja plac
-    osiedle"""
+    osiedle trg náměstí nábřeží námestie οδός οδ. λεωφόρος λεωφ. λ. πλατεία πλ. улица ул. проспект пр-т"""
 )
 #: Also English words: only in French order ("12 avenue des Ternes") or with a postcode and city.
 ENGLISH_TYPES = words("avenue boulevard bd blvd place pl. route square passage cours plaza")
@@ -431,8 +438,9 @@ def _check_name_number_unit(m: re.Match[str], start: int, end: int) -> tuple[int
 #: A lower-case type word after the name, number after: "Dózsa György út 78", "Karl Johans gate 5".
 _TYPE_LAST = re.compile(
     r"[A-ZÀ-ÖØ-ÞĀ-Ž](?<![\w.-].)(?P<name>[\w'’.-]{1,30}(?:[ \t][\w'’.-]{1,30}){0,2})[ \t]"
-    r"(?:út|utca|útja|utcája|tér|tere|körút|sor|vei|veien|vegen|gate|gata|gatan|vej|väg|vägen|straße|strasse|weg|"
-    rf"allee|platz|gasse|laan|straat|ulica|ul\.)[ \t]{{1,3}}{_NUM_EU}"
+    r"(?:út|utca|útja|utcája|tér|tere|körút|sor|vei|veien|veg|vegen|gate|gata|gatan|vej|väg|vägen|gränd|torg|"
+    r"terrasse|plass|plads|gade|allé|stien|straße|strasse|weg|allee|platz|gasse|laan|straat|ulica|ul\.|cesta|"
+    rf"tänav|põik|maantee|mnt\.?|iela|gatvė)[ \t]{{1,3}}{_NUM_EU}"
 )
 
 
