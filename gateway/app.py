@@ -332,6 +332,9 @@ async def _readyz(request: web.Request) -> web.Response:
     parts = request.app[PARTS]
     if parts.draining:
         return web.json_response({"status": "draining"}, status=503)
+    if parts.recorder is not None and not parts.recorder.accepting:
+        # fail_closed transcripts with the store down or the queue full: requests would get 503 anyway
+        return web.json_response({"status": "transcripts_unavailable"}, status=503)
     if parts.detector.ready:
         return web.json_response({"status": "ready", "policies": sorted(parts.policies.book.policies)})
     return web.json_response({"status": "starting", "detector": "loading"}, status=503)

@@ -5,7 +5,12 @@ with it; the ``hash`` action's HMAC key is derived from it, so forgetting a tena
 transcripts and its hash tokens unlinkable for good (crypto-shredding).
 
 Rotation re-wraps every data key under the current master key without touching transcripts. Old
-master keys stay usable for reading until an operator retires them.
+master keys stay usable for reading until an operator retires them (``transcripts forget`` retires
+them itself when the keys come from a file: see cli_transcripts.py).
+
+Reading a record names its failure: the tenant's key was destroyed (:class:`TenantKeyDestroyed`), or
+the record was sealed with a key that is not this tenant's (:class:`NotThisTenantsRecord`: a row moved
+to another tenant, or a key id altered).
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ import os
 import secrets
 import time
 
-from .crypto import CryptoError, KeyProvider, data_key_aad, hkdf, load_key_provider
+from .crypto import HASH_ACTION_INFO, CryptoError, KeyProvider, data_key_aad, hkdf, load_key_provider
 from .settings import Settings
 from .store import DataKeyRow, TranscriptStore, open_store
 
 
 class TenantKeyDestroyed(CryptoError):
     """The tenant's data key was destroyed (``transcripts forget``): its records are unreadable."""
+
+
+class NotThisTenantsRecord(CryptoError):
+    """The record names a data key this tenant never had: it was moved from another tenant, or altered."""
 
 
 class DataKeys:
@@ -57,20 +66,28 @@ class DataKeys:
             return row.key_id, key
 
     async def for_record(self, tenant: str, key_id: str) -> bytes:
-        """The key that sealed a record; raises TenantKeyDestroyed if it is gone."""
+        """The key that sealed a record; TenantKeyDestroyed if it was destroyed, NotThisTenantsRecord if
+        the tenant never had it."""
         cached = self._cache.get(tenant)
         if cached is not None and cached[0] == key_id:
             return cached[1]
         row = await self.store.get_data_key(tenant)
         if row is None or row.key_id != key_id:
-            raise TenantKeyDestroyed(f"the data key {key_id} of this tenant was destroyed; the record is unreadable")
+            if await self.store.data_key_destroyed(key_id):
+                raise TenantKeyDestroyed(
+                    f"the data key {key_id} of this tenant was destroyed; the record is unreadable"
+                )
+            raise NotThisTenantsRecord(
+                f"authentication failed: the record was sealed with data key {key_id}, which is not this tenant's "
+                "(the row was moved from another tenant, or altered)"
+            )
         key = self.provider.unwrap(row.master_key_id, row.wrapped, data_key_aad(tenant, row.key_id))
         self._cache[tenant] = (row.key_id, key)
         return key
 
     async def hash_key(self, tenant: str) -> bytes:
         _, key = await self.current(tenant)
-        return hkdf(key, b"pii-gateway/hash-action/v1")
+        return hkdf(key, HASH_ACTION_INFO)
 
     async def destroy(self, tenant: str) -> bool:
         self._cache.pop(tenant, None)
@@ -101,17 +118,24 @@ class DataKeys:
         return counts
 
 
-def data_keys_for(settings: Settings) -> DataKeys:
+def data_keys_for(settings: Settings, *, create: bool = True) -> DataKeys:
     """The master keys and the transcript store the settings name, as DataKeys (``.provider``, ``.store``).
 
-    The store is not opened yet. Without a configured master key outside production, this
-    creates or reuses the dev key in the data dir and warns (see ``load_key_provider``).
+    The store is not opened yet. With ``create`` (``serve``), a missing dev key is generated in the
+    data dir (outside production, with a warning) and a missing store is created on open; without it
+    (the operator's commands) both are errors: see ``load_key_provider`` and ``open_store``.
     """
     provider, _dev_key = load_key_provider(
         settings.master_key.reveal() if settings.master_key else None,
         settings.master_key_file,
         settings.data_dir,
         settings.production,
+        generate=create,
     )
-    store = open_store(settings.transcripts.dsn.reveal() if settings.transcripts.dsn else None, settings.data_dir)
-    return DataKeys(store, provider)
+    return DataKeys(store_for(settings, create=create), provider)
+
+
+def store_for(settings: Settings, *, create: bool = True) -> TranscriptStore:
+    return open_store(
+        settings.transcripts.dsn.reveal() if settings.transcripts.dsn else None, settings.data_dir, create=create
+    )

@@ -126,7 +126,9 @@ async def _handle(
     principal = gateway.authenticate(request)
     exchange.tenant = principal.tenant
     if gateway.recorder is not None and not gateway.recorder.accepting:
-        raise TranscriptsUnavailable("The transcript store is unavailable; requests are refused until it recovers.")
+        raise TranscriptsUnavailable(
+            "The transcript store is unavailable; requests are refused until it recovers.", retry_after=1
+        )
     # The body is read before admission, under its own deadline, so slow uploads hold no slot.
     try:
         async with asyncio.timeout(gateway.settings.limits.body_read_seconds):

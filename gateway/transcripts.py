@@ -4,12 +4,18 @@
 seals drafts with the tenant's data key and writes them in batches. When the store is slow or down:
 
 - ``buffer``: a batch the store refuses, or a draft that finds the queue full, is spilled to the
-  encrypted spool (spool.py) and replayed when the store is back;
+  encrypted spool (spool.py) and replayed when the store is back. Spool files are written by the
+  spool's own thread (:class:`SpoolWriter`), in order, so no fsync runs on the event loop;
 - ``fail_closed``: the writer keeps retrying the batch, and while the queue is full or the store is
   down, ``accepting`` is False and the pipeline refuses new requests with 503.
 
+A store that cannot be opened at start does not stop the gateway: ``start`` returns, the store is
+retried in the background, and meanwhile the mode applies as for a store that went down (``buffer``
+spools, ``fail_closed`` refuses).
+
 Either way no transcript is silently lost: a shutdown drains the queue, and what still cannot be
-written goes to the spool. What is kept follows the policy: ``original`` (all four sides),
+written goes to the spool; a spool write that fails is logged and counted (``lost``). What is kept
+follows the policy: ``original`` (all four sides),
 ``redacted`` (what the upstream received and sent), or ``none`` (metadata only).
 """
 
@@ -21,6 +27,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,7 +37,7 @@ from .envelope import DataKeys
 from .exchange import Exchange
 from .metrics import Metrics
 from .settings import TranscriptSettings
-from .spool import Spool
+from .spool import Spool, SpoolWriter
 from .store import SCHEMA_VERSION, StoreUnavailable, TranscriptRow, TranscriptStore
 
 log = logging.getLogger(__name__)
@@ -76,14 +83,25 @@ def draft_of(exchange: Exchange) -> Draft:
 
 class TranscriptRecorder:
     def __init__(
-        self, store: TranscriptStore, keys: DataKeys, spool: Spool, settings: TranscriptSettings, metrics: Metrics
+        self,
+        store: TranscriptStore,
+        keys: DataKeys,
+        spool: Spool,
+        settings: TranscriptSettings,
+        metrics: Metrics,
+        *,
+        retention_interval: float = 3600.0,
+        replay_interval: float = 2.0,
     ) -> None:
         self.store = store
         self.keys = keys
         self.spool = spool
         self.settings = settings
         self.metrics = metrics
+        self.retention_interval = retention_interval
+        self.replay_interval = replay_interval
         self._queue: asyncio.Queue[Draft] = asyncio.Queue(settings.queue_size)
+        self._spool_writer = SpoolWriter(spool, self._spooled)
         self._store_down = False
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -96,17 +114,47 @@ class TranscriptRecorder:
         return not self._queue.full() and not self._store_down
 
     @property
+    def store_reachable(self) -> bool:
+        """False while the store could not be opened or its last write failed (for readiness)."""
+        return not self._store_down
+
+    @property
     def depth(self) -> int:
         return self._queue.qsize()
 
     async def start(self) -> None:
-        await self.store.open()
-        self._tasks = [
+        """Start the writer, replay and retention tasks. Never fails because the store is down: it is
+        then opened in the background (see the module docstring)."""
+        await asyncio.to_thread(self.spool.recover)
+        try:
+            await self.store.open()
+        except (StoreUnavailable, OSError) as exc:
+            self._store_down = True
+            log.warning(
+                "the transcript store cannot be opened; retrying in the background",
+                extra={"error": str(exc) if isinstance(exc, StoreUnavailable) else type(exc).__name__},
+            )
+            self._tasks.append(asyncio.create_task(self._reopen(), name="transcript-store-open"))
+        self._tasks += [
             asyncio.create_task(self._writer(), name="transcript-writer"),
             asyncio.create_task(self._replayer(), name="transcript-replay"),
         ]
         if self.settings.retention_days > 0:
             self._tasks.append(asyncio.create_task(self._retention(), name="transcript-retention"))
+
+    async def _reopen(self) -> None:
+        backoff = 0.1
+        while True:
+            await asyncio.sleep(backoff)
+            try:
+                await self.store.open()
+            except (StoreUnavailable, OSError):
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self._store_down = False
+            log.info("the transcript store is open")
+            await self.replay_spool()
+            return
 
     def record(self, exchange: Exchange) -> None:
         """Queue the exchange's transcript. Never blocks, never raises into the request path."""
@@ -130,6 +178,7 @@ class TranscriptRecorder:
             leftover.append(self._queue.get_nowait())
         if leftover:
             self._spill(leftover)
+        await self._spool_writer.close()  # every spill is on disk (or reported lost) before we return
         await self.store.close()
 
     async def flush(self, wait_seconds: float = 10.0) -> None:
@@ -137,6 +186,7 @@ class TranscriptRecorder:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_seconds):
                 await self._queue.join()
+                await self._spool_writer.drain()
 
     async def seal(self, draft: Draft) -> TranscriptRow:
         if draft.content is None:
@@ -196,18 +246,26 @@ class TranscriptRecorder:
         return rows
 
     def _spill(self, drafts: list[Draft]) -> None:
-        try:
-            self.spool.append([d.to_bytes() for d in drafts])
-        except OSError as exc:
-            # The last line of defence failed too: say so loudly, with counts only.
-            log.error("transcripts could not be spooled", extra={"count": len(drafts), "error": type(exc).__name__})
-            self.metrics.transcript_writes.labels("lost").inc(len(drafts))
-            return
-        self.metrics.transcript_writes.labels("spooled").inc(len(drafts))
+        """Hand drafts to the spool's thread; never waits for the disk (see SpoolWriter)."""
+        self._spool_writer.submit([d.to_bytes() for d in drafts])
 
-    async def _replayer(self, interval: float = 2.0) -> None:
+    def _spooled(self, count: int, error: BaseException | None) -> None:
+        """SpoolWriter's report, on its thread (prometheus counters and logging are thread-safe)."""
+        if error is None:
+            self.metrics.transcript_writes.labels("spooled").inc(count)
+            return
+        # The last line of defence failed too: say so loudly, with counts only.
+        log.error("transcripts could not be spooled", extra={"count": count, "error": type(error).__name__})
+        self.metrics.transcript_writes.labels("lost").inc(count)
+
+    async def _replayer(self) -> None:
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.replay_interval)
+            try:
+                # After ``forget`` or ``keys rotate`` retired the master key wrapping the spool key.
+                await asyncio.to_thread(self.spool.rewrap_key)
+            except (CryptoError, OSError) as exc:
+                log.error("the spool key cannot be re-wrapped", extra={"error": str(exc)})
             await self.replay_spool()
 
     async def replay_spool(self) -> int:
@@ -215,7 +273,7 @@ class TranscriptRecorder:
         moved = 0
         for path in self.spool.files():
             try:
-                drafts = [Draft.from_bytes(p) for p in self.spool.read(path)]
+                drafts = await asyncio.to_thread(self._read_spooled, path)
                 for start in range(0, len(drafts), 200):
                     chunk = drafts[start : start + 200]
                     await self.store.write([await self.seal(d) for d in chunk])
@@ -229,6 +287,9 @@ class TranscriptRecorder:
             self.metrics.transcript_writes.labels("replayed").inc(len(drafts))
         return moved
 
+    def _read_spooled(self, path: Path) -> list[Draft]:
+        return [Draft.from_bytes(p) for p in self.spool.read(path)]
+
     async def _retention(self) -> None:
         while True:
             cutoff = time.time() - self.settings.retention_days * 86400
@@ -238,7 +299,7 @@ class TranscriptRecorder:
                     log.info("retention purge", extra={"purged": purged})
             except StoreUnavailable:
                 pass
-            await asyncio.sleep(3600)
+            await asyncio.sleep(self.retention_interval)
 
 
 class TranscriptReader:

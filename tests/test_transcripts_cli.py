@@ -1,16 +1,20 @@
 """The transcripts and master-key commands as an operator runs them: subprocesses over a data dir that a
 real gateway run filled (create_app + the real detector + the fake upstream, driven by the openai SDK).
 
-Each CLI run imports the whole gateway (Presidio included: several seconds), so independent read-only
-commands run concurrently, in rounds.
+Each CLI run costs about 2 s of imports, so independent read-only commands run concurrently, in rounds.
+The forget procedure (master-key retirement, a backup made before it) runs the command's own code in
+this process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
+import re
+import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -23,17 +27,19 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway import cli_transcripts
 from gateway.app import create_app
-from gateway.crypto import key_id_of, load_key_provider
+from gateway.crypto import CryptoError, KeyProvider, LocalKeyProvider, key_id_of, load_key_provider
 from gateway.detector import PresidioDetector
 from gateway.envelope import DataKeys
 from gateway.exchange import Exchange
 from gateway.keys import KeyRing
 from gateway.metrics import Metrics
-from gateway.settings import Settings, TranscriptSettings, bundled_policies_dir
+from gateway.settings import Secret, Settings, TranscriptSettings, bundled_policies_dir
 from gateway.spool import Spool
+from gateway.store import Query, TranscriptRow
 from gateway.store.sqlite import SqliteStore
-from gateway.transcripts import TranscriptReader, TranscriptRecorder
+from gateway.transcripts import Draft, TranscriptReader, TranscriptRecorder
 from tests.fake_upstream import FakeUpstream
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -156,23 +162,32 @@ async def run_gateway(
         await server.close()
 
 
-async def record_old(data_dir: Path, count: int, tenant: str = "acme") -> list[str]:
+async def record_old(
+    data_dir: Path,
+    count: int,
+    tenant: str = "acme",
+    *,
+    prefix: str = "req_old",
+    age: float = OLD_AGE,
+    provider: KeyProvider | None = None,
+) -> list[str]:
     """Backdated transcripts, written the way the gateway writes them (TranscriptRecorder, dev key).
 
     Three rows share each timestamp, so export's keyset pagination must break ties by id.
     """
-    provider, _ = load_key_provider(None, None, data_dir, production=False)
+    if provider is None:
+        provider, _ = load_key_provider(None, None, data_dir, production=False)
     store = SqliteStore(data_dir / "transcripts.db")
     settings = TranscriptSettings(retention_days=0)
     recorder = TranscriptRecorder(
         store, DataKeys(store, provider), Spool(data_dir / "spool", provider), settings, Metrics()
     )
     await recorder.start()
-    base = time.time() - OLD_AGE
+    base = time.time() - age
     ids = []
     for i in range(count):
         ex = Exchange(
-            route="chat.completions", request_id=f"req_old_{i:05d}", tenant=tenant, started_wall=base - i // 3
+            route="chat.completions", request_id=f"{prefix}_{i:05d}", tenant=tenant, started_wall=base - i // 3
         )
         ex.status, ex.model, ex.policy, ex.duration_seconds = 200, "gpt-old", "default", 0.01
         ex.capture.keep = "redacted"
@@ -263,7 +278,8 @@ async def test_list_show_export_purge_and_forget(
     assert len(lines) == len(everything)  # one JSON line per transcript, none twice across pages
     assert {line["id"] for line in lines} == everything
     assert all(isinstance(line["content"], dict) and "error" not in line["content"] for line in lines)
-    assert "exported 500 transcripts (" in exported.stderr  # --progress: a progress line per page
+    # --progress off a terminal: plain lines with the total (from a count query), percentage, rate and ETA.
+    assert re.search(rf"exported \d+/{len(everything)} transcripts \(\d+%, \d+/s, ETA \d:\d\d:\d\d\)", exported.stderr)
     assert f"exported {len(everything)} transcripts; 0 could not be decrypted" in exported.stderr
     assert "(current): wraps 3 data keys" in master.ok().stdout  # acme, globex, default
 
@@ -277,6 +293,9 @@ async def test_list_show_export_purge_and_forget(
     assert "0 rows deleted" in keep_rows.stdout
     assert "tenant default: data key destroyed" in drop_rows.ok().stdout
     assert f"{len(traffic.by_tenant['default'])} rows deleted" in drop_rows.stdout
+    # Both rotated the dev key file (one after the other, under its lock): one key is left, and it reads.
+    assert len((data / "master.key").read_text().split()) == 1
+    assert "is now the only key in" in keep_rows.stdout and "DEV MODE" in keep_rows.stdout
 
     globex_id = traffic.by_tenant["globex"][0]
     after, forgotten, exported = await cli_all(
@@ -377,3 +396,117 @@ async def test_forget_while_the_gateway_runs_leaves_later_transcripts_readable(
         assert content is not None
     finally:
         await store.close()
+
+
+async def _contents(store_path: Path, provider: KeyProvider) -> dict[str, object]:
+    """Each row's decrypted content, or the CryptoError it raised."""
+    store = SqliteStore(store_path, create=False)
+    await store.open()
+    try:
+        reader = TranscriptReader(DataKeys(store, provider))
+        found: dict[str, object] = {}
+        for row in await store.query(Query(limit=1000)):
+            try:
+                found[row.id] = await reader.content(row)
+            except CryptoError as exc:
+                found[row.id] = exc
+        return found
+    finally:
+        await store.close()
+
+
+def _draft(rid: str, tenant: str) -> bytes:
+    row = TranscriptRow(id=rid, created=time.time(), tenant=tenant, route="chat.completions", status=200, outcome="ok")
+    return Draft(row, {"request_upstream": {"text": "hello", "bytes": 5, "truncated": False}}).to_bytes()
+
+
+async def test_forget_retires_the_master_key_so_a_backup_made_before_no_longer_decrypts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    acme = await record_old(data, 3, "acme", prefix="req_acme", age=60)
+    globex = await record_old(data, 2, "globex", prefix="req_globex", age=60)
+    provider, _ = load_key_provider(None, None, data, production=False)
+    Spool(data / "spool", provider).append([_draft("req_spooled_acme", "acme"), _draft("req_spooled_globex", "globex")])
+    old_key = base64.b64decode((data / "master.key").read_text().strip())
+
+    backup = tmp_path / "backup"  # a copy of the store file, as a backup would take it (closed: no WAL left)
+    backup.mkdir()
+    shutil.copy2(data / "transcripts.db", backup / "transcripts.db")
+    assert not (data / "transcripts.db-wal").exists() or (data / "transcripts.db-wal").stat().st_size == 0
+    before = await _contents(backup / "transcripts.db", LocalKeyProvider([old_key]))
+    assert set(before) == {*acme, *globex} and all(isinstance(c, dict) for c in before.values())  # control
+
+    settings = Settings(data_dir=data)
+    assert await cli_transcripts.transcripts_forget(settings, "acme", keep_rows=False, grace_seconds=0) == 0
+
+    now, _ = load_key_provider(None, None, data, production=False, generate=False)
+    assert now.key_ids() == [now.current_id] != [key_id_of(old_key)]  # the old version is out of the file
+    # The backup, with every key the operator still has: nothing in it decrypts, for any tenant.
+    after = await _contents(backup / "transcripts.db", now)
+    assert set(after) == {*acme, *globex}
+    assert all(isinstance(c, CryptoError) and "not available" in str(c) for c in after.values()), after
+    # The live store: acme is gone, globex reads under the new master key alone.
+    live = await _contents(
+        data / "transcripts.db", LocalKeyProvider([base64.b64decode((data / "master.key").read_text())])
+    )
+    assert set(live) == set(globex) and all(isinstance(c, dict) for c in live.values())
+    # The spool: acme's spooled transcript dropped, globex's kept and readable under the new key.
+    spool = Spool(data / "spool", now)
+    assert spool.key_master_id == now.current_id
+    assert [Draft.from_bytes(p).row.id for f in spool.files() for p in spool.read(f)] == ["req_spooled_globex"]
+
+
+async def test_forget_with_keys_from_the_environment_says_backups_are_not_shredded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    key = b"\x07" * 32
+    env_provider = LocalKeyProvider([key])
+    await record_old(data, 2, "acme", prefix="req_acme", age=60, provider=env_provider)
+    shutil.copy2(data / "transcripts.db", tmp_path / "backup.db")
+    settings = Settings(data_dir=data, master_key=Secret(base64.b64encode(key).decode()))
+    code = await cli_transcripts.transcripts_forget(settings, "acme", keep_rows=False, grace_seconds=0)
+    out = capsys.readouterr()
+    assert code == cli_transcripts.BACKUPS_NOT_SHREDDED == 3
+    assert "tenant acme: data key destroyed" in out.out
+    assert "backups made before now still decrypt" in out.err and key_id_of(key) in out.err
+    assert "keys rotate" in out.err and "can no longer be decrypted" not in out.out + out.err
+    # And that is the truth: the backup still decrypts with the key the environment holds.
+    still = await _contents(tmp_path / "backup.db", env_provider)
+    assert still and all(isinstance(c, dict) for c in still.values())
+
+
+async def test_read_commands_never_create_a_key_or_a_store(tmp_path: Path) -> None:
+    typo = tmp_path / "typo"
+    keyed = tmp_path / "keyed"  # a master key but no store yet
+    load_key_provider(None, None, keyed, production=False)
+    runs = await cli_all(
+        ["transcripts", "list", "--data-dir", str(typo)],
+        ["transcripts", "show", "req_x", "--data-dir", str(typo)],
+        ["transcripts", "export", "--data-dir", str(typo)],
+        ["transcripts", "show", "req_x", "--data-dir", str(keyed)],
+        ["keys", "master", "--data-dir", str(typo)],
+    )
+    for run in runs:
+        assert run.returncode == 2, run
+        assert "Traceback" not in run.stderr
+    assert "no transcript store at" in runs[0].stderr
+    assert "no master key" in runs[1].stderr and "never creates a key" in runs[1].stderr
+    assert "no master key" in runs[2].stderr
+    assert "no transcript store at" in runs[3].stderr
+    assert not typo.exists()
+    assert sorted(p.name for p in keyed.iterdir()) == ["master.key"]
+
+
+def test_export_progress_bar_on_a_terminal() -> None:
+    out = io.StringIO()
+    progress = cli_transcripts.ExportProgress(1000, out, tty=True, lines=False)
+    progress.started -= 10  # 250 rows in 10 s: 25/s, 750 left, 30 s
+    progress.update(250)
+    progress.finish(250, 0)
+    text = out.getvalue()
+    assert "\r[#######-----------------------]  25.0% 250/1000 25/s ETA 0:00:30" in text
+    assert text.endswith("exported 250 transcripts; 0 could not be decrypted\n")
+    plain = io.StringIO()
+    quiet = cli_transcripts.ExportProgress(1000, plain, tty=False, lines=False)
+    quiet.update(10)
+    assert plain.getvalue() == ""  # off a terminal, only with --progress

@@ -119,7 +119,17 @@ class TranscriptStore(Protocol):
         """Insert unless the tenant already has a key; return the key that is in the store."""
         ...
 
-    async def destroy_data_key(self, tenant: str) -> bool: ...
+    async def count(self, query: Query) -> int:
+        """How many rows match (``limit`` and ``after`` ignored): the total of a progress bar."""
+        ...
+
+    async def destroy_data_key(self, tenant: str) -> bool:
+        """Delete the tenant's data key and remember its id as destroyed, in one transaction."""
+        ...
+
+    async def data_key_destroyed(self, key_id: str) -> bool:
+        """Whether ``key_id`` was destroyed by ``destroy_data_key`` (only ids are kept, never a tenant)."""
+        ...
 
     async def data_keys(self) -> list[DataKeyRow]: ...
 
@@ -128,11 +138,14 @@ class TranscriptStore(Protocol):
         ...
 
 
-def open_store(dsn: str | None, data_dir: Path) -> TranscriptStore:
+def open_store(dsn: str | None, data_dir: Path, *, create: bool = True) -> TranscriptStore:
+    """The configured store, not opened yet. Without ``create``, ``open()`` refuses a store that does
+    not exist yet (no SQLite file, or no transcripts table in the PostgreSQL schema) instead of
+    creating an empty one: the operator's read commands must not mistake a typo for an empty store."""
     if dsn:
         from .postgres import PostgresStore
 
-        return PostgresStore(dsn)
+        return PostgresStore(dsn, create=create)
     from .sqlite import SqliteStore
 
-    return SqliteStore(data_dir / "transcripts.db")
+    return SqliteStore(data_dir / "transcripts.db", create=create)

@@ -7,6 +7,7 @@ end up using the single key that won; rotation re-wraps with a compare-and-set o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,10 @@ CREATE TABLE IF NOT EXISTS data_keys (
     master_key_id TEXT NOT NULL,
     created DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS destroyed_data_keys (
+    key_id TEXT PRIMARY KEY,
+    destroyed DOUBLE PRECISION NOT NULL
+);
 """
 
 
@@ -71,8 +76,9 @@ def _key(v: Any) -> DataKeyRow:
 
 
 class PostgresStore:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, create: bool = True) -> None:
         self._dsn = dsn
+        self.create = create
         self._pool: asyncpg.Pool | None = None
 
     def _require(self) -> asyncpg.Pool:
@@ -83,15 +89,27 @@ class PostgresStore:
     async def open(self) -> None:
         if self._pool is not None:
             return
+        pool: asyncpg.Pool | None = None
+        missing = False
         try:
-            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4, command_timeout=30)
-            async with self._pool.acquire() as conn:
-                # Several replicas may start at once: serialise schema creation.
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(7417301)")
-                    await conn.execute(SCHEMA)
-        except (OSError, asyncpg.PostgresError) as exc:
+            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4, command_timeout=30)
+            async with pool.acquire() as conn:
+                missing = not self.create and await conn.fetchval("SELECT to_regclass('transcripts')") is None
+                if not missing:
+                    # Several replicas may start at once: serialise schema creation.
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock(7417301)")
+                        await conn.execute(SCHEMA)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if pool is not None:
+                await pool.close()
             raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}") from exc
+        if missing:
+            await pool.close()
+            raise StoreUnavailable(
+                "no transcript store in this PostgreSQL database and search_path (this command never creates one)"
+            )
+        self._pool = pool
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -131,6 +149,11 @@ class PostgresStore:
         sql = f"SELECT {COLUMNS} FROM transcripts{clause} ORDER BY {query.order} LIMIT ${len(params) + 1}"
         return [_row(r) for r in await self._fetch(sql, *params, query.limit)]
 
+    async def count(self, query: Query) -> int:
+        clause, params = where(query, lambda n: f"${n}")
+        found = await self._fetch(f"SELECT count(*) AS n FROM transcripts{clause}", *params)
+        return int(found[0]["n"])
+
     async def purge(self, older_than: float) -> int:
         return int((await self._run("DELETE FROM transcripts WHERE created < $1", older_than)).split()[-1])
 
@@ -155,7 +178,20 @@ class PostgresStore:
         return found
 
     async def destroy_data_key(self, tenant: str) -> bool:
-        return (await self._run("DELETE FROM data_keys WHERE tenant = $1", tenant)).endswith(" 1")
+        try:
+            async with self._require().acquire() as conn, conn.transaction():
+                key_id = await conn.fetchval("DELETE FROM data_keys WHERE tenant = $1 RETURNING key_id", tenant)
+                if key_id is not None:
+                    await conn.execute(
+                        "INSERT INTO destroyed_data_keys (key_id, destroyed) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        key_id, time.time(),
+                    )  # fmt: skip
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}") from exc
+        return key_id is not None
+
+    async def data_key_destroyed(self, key_id: str) -> bool:
+        return bool(await self._fetch("SELECT 1 FROM destroyed_data_keys WHERE key_id = $1", key_id))
 
     async def data_keys(self) -> list[DataKeyRow]:
         return [

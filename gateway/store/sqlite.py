@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +49,10 @@ CREATE TABLE IF NOT EXISTS data_keys (
     master_key_id TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS destroyed_data_keys (
+    key_id TEXT PRIMARY KEY,
+    destroyed REAL NOT NULL
+);
 """
 
 
@@ -68,8 +73,9 @@ def to_row(v: Sequence[Any]) -> TranscriptRow:
 
 
 class SqliteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
+        self.create = create
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
@@ -89,21 +95,35 @@ class SqliteStore:
     async def open(self) -> None:
         if self._executor is not None:
             return
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
 
-        def connect() -> None:
+        def connect() -> sqlite3.Connection:
+            if not self.create and not self.path.is_file():
+                raise StoreUnavailable(f"no transcript store at {self.path} (this command never creates one)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not self.path.exists()
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            if fresh:
-                os.chmod(self.path, 0o600)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA secure_delete=ON")  # purged rows are overwritten, not left in free pages
-            conn.executescript(SCHEMA)
-            self._conn = conn
+            try:
+                if fresh:
+                    os.chmod(self.path, 0o600)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA secure_delete=ON")  # purged rows are overwritten, not left in free pages
+                conn.executescript(SCHEMA)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except (sqlite3.Error, OSError) as exc:
+            executor.shutdown(wait=False)
+            raise StoreUnavailable(f"SQLite: the store cannot be opened ({type(exc).__name__})") from exc
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._conn, self._executor = conn, executor
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
@@ -144,6 +164,14 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> list[TranscriptRow]:
             sql = f"SELECT {COLUMNS} FROM transcripts{clause} ORDER BY {query.order} LIMIT ?"
             return [to_row(r) for r in conn.execute(sql, [*params, query.limit]).fetchall()]
+
+        return await self._call(run)
+
+    async def count(self, query: Query) -> int:
+        clause, params = where(query, lambda _: "?")
+
+        def run(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(f"SELECT count(*) FROM transcripts{clause}", params).fetchone()[0])
 
         return await self._call(run)
 
@@ -188,11 +216,24 @@ class SqliteStore:
     async def destroy_data_key(self, tenant: str) -> bool:
         def destroy(conn: sqlite3.Connection) -> bool:
             with conn:
-                deleted = conn.execute("DELETE FROM data_keys WHERE tenant = ?", (tenant,)).rowcount > 0
+                conn.execute("BEGIN IMMEDIATE")
+                found = conn.execute("SELECT key_id FROM data_keys WHERE tenant = ?", (tenant,)).fetchone()
+                if found is not None:
+                    conn.execute(
+                        "INSERT INTO destroyed_data_keys (key_id, destroyed) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                        (found[0], time.time()),
+                    )
+                    conn.execute("DELETE FROM data_keys WHERE tenant = ?", (tenant,))
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # do not leave the wrapped key in the WAL file
-            return deleted
+            return found is not None
 
         return await self._call(destroy)
+
+    async def data_key_destroyed(self, key_id: str) -> bool:
+        def find(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM destroyed_data_keys WHERE key_id = ?", (key_id,)).fetchone() is not None
+
+        return await self._call(find)
 
     async def data_keys(self) -> list[DataKeyRow]:
         def all_keys(conn: sqlite3.Connection) -> list[DataKeyRow]:
