@@ -282,7 +282,8 @@ FOREIGN_TYPES = words(
     vicolo vico lungomare lungolago lungotevere corso largo strada borgo borgata contrada canale stretto rotonda
     salita discesa campo fondamenta rampa galleria traversa località localita frazione rione riva molo calata
     via rua travessa praça praca alameda estrada beco praceta calçada rodovia quinta jardim ul. ulica aleja plac
-    osiedle trg náměstí nábřeží námestie οδός οδ. λεωφόρος λεωφ. λ. πλατεία πλ. улица ул. проспект пр-т"""
+    osiedle incrocio cañada trg náměstí nábřeží námestie οδός οδ. λεωφόρος λεωφ. λ. πλατεία πλ. улица ул.
+    проспект пр-т"""
 )
 #: Also English words: only in French order ("12 avenue des Ternes") or with a postcode and city.
 ENGLISH_TYPES = words("avenue boulevard bd blvd place pl. route square passage cours plaza")
@@ -530,7 +531,7 @@ def _cross_street(tokens: list[str]) -> list[str]:
     """The street in a run of words: up to the last capitalised word or number, with no function word."""
     kept: list[str] = []
     for token in tokens:
-        if _bare(token) in FUNCTION_WORDS and _bare(token) not in PARTICLES:
+        if _bare(token) in FUNCTION_WORDS - PARTICLES - FOREIGN_TYPES:  # "Via Lagrange 66" is a street
             break
         kept.append(token)
     while kept and not (kept[-1][0].isupper() or kept[-1][0].isdigit()):
