@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .crypto import CryptoError, LocalKeyProvider, key_id_of, load_key_provider, parse_keys, write_key_file
-from .envelope import DataKeys, store_for
+from .crypto import CryptoError, LocalKeyProvider, key_id_of, parse_keys, write_key_file
+from .envelope import DataKeys, key_provider_for, store_for
 from .keys import parse_duration
 from .settings import Settings
 from .spool import Spool
@@ -38,14 +38,7 @@ BACKUPS_NOT_SHREDDED = 3
 
 
 def _provider(settings: Settings) -> LocalKeyProvider:
-    provider, _dev = load_key_provider(
-        settings.master_key.reveal() if settings.master_key else None,
-        settings.master_key_file,
-        settings.data_dir,
-        settings.production,
-        generate=False,
-    )
-    return provider
+    return key_provider_for(settings, create=False)
 
 
 async def _open(settings: Settings) -> tuple[TranscriptStore, DataKeys]:

@@ -32,7 +32,6 @@ import hashlib
 import logging
 import os
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .durable import write_private
 
 log = logging.getLogger(__name__)
 
@@ -242,22 +243,7 @@ def write_key_file(path: Path, keys: list[bytes]) -> None:
     reused (see docs/transcripts.md, "Forgetting a tenant").
     """
     text = "".join(base64.b64encode(k).decode() + "\n" for k in keys)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".master-", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_private(path, text.encode("utf-8"))
 
 
 def associated_data(tenant: str, record_id: str, schema_version: int) -> bytes:

@@ -20,7 +20,7 @@ import os
 import secrets
 import time
 
-from .crypto import HASH_ACTION_INFO, CryptoError, KeyProvider, data_key_aad, hkdf, load_key_provider
+from .crypto import HASH_ACTION_INFO, CryptoError, KeyProvider, LocalKeyProvider, data_key_aad, hkdf, load_key_provider
 from .settings import Settings
 from .store import DataKeyRow, TranscriptStore, open_store
 
@@ -125,6 +125,11 @@ def data_keys_for(settings: Settings, *, create: bool = True) -> DataKeys:
     data dir (outside production, with a warning) and a missing store is created on open; without it
     (the operator's commands) both are errors: see ``load_key_provider`` and ``open_store``.
     """
+    return DataKeys(store_for(settings, create=create), key_provider_for(settings, create=create))
+
+
+def key_provider_for(settings: Settings, *, create: bool) -> LocalKeyProvider:
+    """The master keys the settings name; ``create`` lets a missing dev key be generated (``serve`` only)."""
     provider, _dev_key = load_key_provider(
         settings.master_key.reveal() if settings.master_key else None,
         settings.master_key_file,
@@ -132,7 +137,7 @@ def data_keys_for(settings: Settings, *, create: bool = True) -> DataKeys:
         settings.production,
         generate=create,
     )
-    return DataKeys(store_for(settings, create=create), provider)
+    return provider
 
 
 def store_for(settings: Settings, *, create: bool = True) -> TranscriptStore:

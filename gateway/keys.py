@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import string
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+
+from .durable import write_private
 
 Role = Literal["client", "admin"]
 SECRET_ALPHABET = string.ascii_letters + string.digits
@@ -133,22 +133,7 @@ class KeyRing:
             raise KeyFileError("no key file to save to")
         target.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump({"keys": [asdict(r) for r in self.records.values()]}, sort_keys=False)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".keys-", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-            fd = os.open(target.parent, os.O_RDONLY)  # the rename itself must survive a power cut
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(target, text.encode("utf-8"))
 
 
 def parse_duration(text: str) -> float:

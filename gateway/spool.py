@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .crypto import NONCE_BYTES, CryptoError, KeyProvider, Sealed, open_sealed, seal
+from .durable import fsync_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +47,8 @@ def spool_key_aad(spool_key_id: str) -> bytes:
     return b"pii-gateway/spool-key\x00" + spool_key_id.encode("ascii")
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a file's creation or rename in ``directory`` survive a power cut."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_private(path, data, temp=path.with_name(path.name + ".tmp"))
 
 
 def _short(text: str) -> bytes:

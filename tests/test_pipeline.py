@@ -82,6 +82,22 @@ async def test_streamed_completion_restores_placeholders_cut_across_events(
     assert_nothing_leaked(fake_upstream)
 
 
+async def tool_call_arguments(client: openai.AsyncOpenAI, messages: Any, tools: Any, stream: bool) -> str:
+    """The first tool call's arguments as the client got them, whole or put together from the stream."""
+    if not stream:
+        reply = await client.chat.completions.create(model="m", messages=messages, tools=tools)
+        calls = reply.choices[0].message.tool_calls
+        assert calls is not None
+        return calls[0].function.arguments  # type: ignore[union-attr]
+    parts = await client.chat.completions.create(model="m", messages=messages, tools=tools, stream=True)
+    args = ""
+    async for chunk in parts:
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                args += (call.function.arguments if call.function else None) or ""
+    return args
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_tool_call_arguments_are_restored_with_json_escaping(
     client: openai.AsyncOpenAI, fake_upstream: FakeUpstream, stream: bool
@@ -89,18 +105,7 @@ async def test_tool_call_arguments_are_restored_with_json_escaping(
     prompt = 'Book a table for "Ann-Marie O\'Neil" and email ann.oneil@example.org\\n now.'
     tools: Any = [{"type": "function", "function": {"name": "echo", "parameters": {"type": "object"}}}]
     messages: Any = [{"role": "user", "content": prompt}]
-    if stream:
-        s = await client.chat.completions.create(model="m", messages=messages, tools=tools, stream=True)
-        args = ""
-        async for chunk in s:
-            for choice in chunk.choices:
-                for call in choice.delta.tool_calls or []:
-                    args += (call.function.arguments if call.function else None) or ""
-    else:
-        reply = await client.chat.completions.create(model="m", messages=messages, tools=tools)
-        calls = reply.choices[0].message.tool_calls
-        assert calls is not None
-        args = calls[0].function.arguments  # type: ignore[union-attr]
+    args = await tool_call_arguments(client, messages, tools, stream)
     assert json.loads(args) == {"text": prompt}
     assert "ann.oneil@example.org" not in upstream_text(fake_upstream)
 
@@ -222,18 +227,7 @@ async def test_an_enum_value_shares_the_requests_placeholders_and_comes_back_res
     prompt = "Book it for John Smith tomorrow."
     tools: Any = [function_tool(description="Who attends; John Smith is the usual one.", enum=["John Smith", "nobody"])]
     messages: Any = [{"role": "user", "content": prompt}]
-    if stream:
-        parts = await client.chat.completions.create(model="m", messages=messages, tools=tools, stream=True)
-        args = ""
-        async for chunk in parts:
-            for choice in chunk.choices:
-                for call in choice.delta.tool_calls or []:
-                    args += (call.function.arguments if call.function else None) or ""
-    else:
-        reply = await client.chat.completions.create(model="m", messages=messages, tools=tools)
-        calls = reply.choices[0].message.tool_calls
-        assert calls is not None
-        args = calls[0].function.arguments  # type: ignore[union-attr]
+    args = await tool_call_arguments(client, messages, tools, stream)
     assert json.loads(args) == {"text": prompt}  # the fake echoes the (redacted) prompt as arguments
     sent = fake_upstream.requests[-1]
     assert "John Smith" not in upstream_text(fake_upstream)
