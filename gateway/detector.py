@@ -143,32 +143,151 @@ def load_nlp(model: str, disable: tuple[str, ...] = ()) -> Any:
 
 @cache
 def _nlp_engine_class() -> Any:
-    """Presidio's spaCy engine, with lemmas that never come out empty.
+    """Presidio's spaCy engine, with lemmas that never come out empty, and NLP artifacts built in one pass.
 
     Presidio's context enhancer compares context words with the lemmas around a finding. With the
     lemmatizer disabled (``nlp.disable``) spaCy leaves every lemma empty; the lower-case word stands in.
     Presidio matches context words as substrings by default, so "calls" still supports "call".
     ``tests/test_detector.py`` pins that context words still raise scores.
+
+    Presidio's own ``_doc_to_nlp_artifact`` walks the doc's tokens as Python objects several times and
+    looks each lemma up in the vocabulary twice (stop word, punctuation); here the token columns are read
+    as one array and each distinct lemma's keywords are worked out once per engine (``keywords_of``).
     """
     from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
+    from spacy.attrs import IDX, LEMMA, LENGTH, LOWER
 
-    from .recognizers.names import LAZY_TAGGER
+    from .recognizers.names import LAZY_TAGGER, LazyTagger
 
     class LemmaFallbackNlpEngine(SpacyNlpEngine):
+        #: Distinct lemmas whose keywords an engine remembers before starting over.
+        KEYWORD_CACHE_LIMIT = 100_000
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._keywords: dict[tuple[str, str], tuple[str, ...]] = {}
+            self._lazy_taggers: dict[str, LazyTagger | None] = {}
+
+        def keywords_of(self, lemma: str, language: str) -> tuple[str, ...]:
+            """What ``NlpArtifacts.set_keywords`` makes of one lemma: nothing for a stop word or punctuation,
+            else its lower-case parts split at colons. Remembered per lemma: a lemma's flags never change."""
+            key = (lemma, language)
+            found = self._keywords.get(key)
+            if found is None:
+                if len(self._keywords) >= self.KEYWORD_CACHE_LIMIT:
+                    self._keywords.clear()
+                found = tuple(
+                    part
+                    for keyword in NlpArtifacts.set_keywords(self, [lemma], language)
+                    for part in keyword.split(":")
+                )
+                self._keywords[key] = found
+            return found
+
         def _doc_to_nlp_artifact(self, doc: Any, language: str) -> NlpArtifacts:
-            pipelines: Any = self.nlp
-            nlp = pipelines[language]
-            if "tagger" in nlp.component_names and "tagger" not in nlp.pipe_names:
-                doc.user_data[LAZY_TAGGER] = nlp  # names.pos() tags the doc when a rule needs it
-            artifacts = super()._doc_to_nlp_artifact(doc, language)
-            lemmas = [lemma or token.lower_ for lemma, token in zip(artifacts.lemmas, doc, strict=True)]
-            artifacts.lemmas = lemmas
+            if language not in self._lazy_taggers:
+                pipelines: Any = self.nlp
+                self._lazy_taggers[language] = LazyTagger.of(pipelines[language])
+            lazy = self._lazy_taggers[language]
+            if lazy is not None:
+                doc.user_data[LAZY_TAGGER] = lazy  # names.pos() and tag_tokens() tag when a rule needs it
+            entities, scores = self._get_updated_entities(self._get_entities(doc), self._get_scores_for_entities(doc))
+            strings = doc.vocab.strings
+            columns = doc.to_array([LEMMA, LOWER, IDX, LENGTH]).tolist() if len(doc) else []
+            lemmas = [strings[lemma or lower] for lemma, lower, _, _ in columns]
+            starts = [start for _, _, start, _ in columns]
+            # Without the engine, NlpArtifacts leaves the keywords empty; they are filled in below.
+            artifacts = NlpArtifacts(
+                entities=entities,
+                tokens=doc,
+                tokens_indices=starts,
+                lemmas=lemmas,
+                nlp_engine=None,
+                language=language,
+                scores=scores,
+            )
+            artifacts.nlp_engine = self
             # The keywords are derived from the lemmas. As a set: the enhancer tests each word around
             # each finding for membership, which on a list is quadratic in the text's length.
-            artifacts.keywords = set(NlpArtifacts.set_keywords(self, lemmas, language))  # type: ignore[assignment]
+            artifacts.keywords = {  # type: ignore[assignment]
+                part for lemma in set(lemmas) for part in self.keywords_of(lemma, language)
+            }
+            # Where each token ends, for the context enhancer's search of the token at a finding.
+            artifacts.token_ends = [start + length for _, _, start, length in columns]  # type: ignore[attr-defined]
             return artifacts
 
     return LemmaFallbackNlpEngine
+
+
+@cache
+def _context_enhancer_class() -> Any:
+    """Presidio's lemma context enhancer, without its two costs that grow with the text.
+
+    Presidio deep-copies every result before raising scores (about a thousand objects per message) and
+    finds the token at each finding by walking the doc from its start. The results handed in are
+    fresh from this analysis and read by nothing else afterwards, so they are raised in place; the token
+    is found by bisecting the token ends that ``_doc_to_nlp_artifact`` keeps. Scores come out the same.
+    """
+    import bisect
+
+    from presidio_analyzer import RecognizerResult
+    from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer, LemmaContextAwareEnhancer
+
+    class InPlaceContextEnhancer(LemmaContextAwareEnhancer):
+        def enhance_using_context(
+            self,
+            text: str,
+            raw_results: list[Any],
+            nlp_artifacts: Any,
+            recognizers: list[Any],
+            context: list[str] | None = None,
+        ) -> list[Any]:
+            # The loop of LemmaContextAwareEnhancer.enhance_using_context (presidio-analyzer 2.2),
+            # less its deepcopy of raw_results.
+            results = list(raw_results)
+            by_id = {recognizer.id: recognizer for recognizer in recognizers}
+            words = [word.lower() for word in context] if context else []
+            if nlp_artifacts is None:
+                return results
+            for result in results:
+                metadata = result.recognition_metadata
+                recognizer = None
+                if metadata and RecognizerResult.RECOGNIZER_IDENTIFIER_KEY in metadata:
+                    recognizer = by_id.get(metadata[RecognizerResult.RECOGNIZER_IDENTIFIER_KEY])
+                if not recognizer or not recognizer.context:
+                    continue
+                if metadata.get(RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY):
+                    continue
+                surrounding = self._extract_surrounding_words(
+                    nlp_artifacts=nlp_artifacts, word=text[result.start : result.end], start=result.start
+                )
+                surrounding.extend(words)
+                supportive = self._find_supportive_word_in_context(
+                    surrounding, recognizer.context, self.context_matching_mode
+                )
+                if supportive != "":
+                    result.score += self.context_similarity_factor
+                    result.score = max(result.score, self.min_score_with_context_similarity)
+                    result.score = min(result.score, ContextAwareEnhancer.MAX_SCORE)
+                    result.analysis_explanation.set_supportive_context_word(supportive)
+                    result.analysis_explanation.set_improved_score(result.score)
+            return results
+
+        def _extract_surrounding_words(self, nlp_artifacts: Any, word: str, start: int) -> list[str]:
+            ends = getattr(nlp_artifacts, "token_ends", None)
+            if ends is None or not nlp_artifacts.tokens:
+                return list(super()._extract_surrounding_words(nlp_artifacts, word, start))
+            # The first token that ends after ``start``, which is the one Presidio's walk stops at.
+            index = bisect.bisect_right(ends, start)
+            if index >= len(ends):
+                raise ValueError("A finding lies beyond the last token.")
+            keywords = nlp_artifacts.keywords
+            lemmas = nlp_artifacts.lemmas
+            backward = self._add_n_words_backward(index, self.context_prefix_count, lemmas, keywords)
+            forward = self._add_n_words_forward(index, self.context_suffix_count, lemmas, keywords)
+            return list(set(backward + forward))
+
+    return InPlaceContextEnhancer
 
 
 #: spaCy components detection does without (``nlp.disable`` in the settings has the same default).
@@ -195,7 +314,12 @@ def build_engine(
         registry.remove_recognizer(name, language=language)
     for recognizer in recognizers.build(language, regions):
         registry.add_recognizer(recognizer)
-    return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[language])
+    return AnalyzerEngine(
+        registry=registry,
+        nlp_engine=nlp_engine,
+        supported_languages=[language],
+        context_aware_enhancer=_context_enhancer_class()(),
+    )
 
 
 @cache

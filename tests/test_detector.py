@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.detector import DISABLED_COMPONENTS, build_engine, keep_tldextract_offline, load_nlp
-from gateway.recognizers.names import pos
+from gateway.recognizers.names import LAZY_TAGGER, pos, tag_tokens
 from tests.conftest import MODEL
 
 
@@ -65,3 +65,92 @@ def test_tldextract_is_kept_offline_even_when_imported_first(monkeypatch: pytest
     assert module.TLD_EXTRACTOR.suffix_list_urls == ()
     assert os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] == ""  # and for the worker processes
     assert tldextract.extract("mail.example.co.uk").suffix == "co.uk"  # from the bundled snapshot
+
+
+#: Texts with context words next to findings, tokens spaCy splits (``536-22-8174``), runs of spaces and
+#: colons inside words: what the engine's own artifacts and enhancer must handle as Presidio's do.
+CONTEXT_TEXTS = (
+    "My ssn is 536-22-8174 for the form.",
+    "Re:ssn   536-22-8174, and the  card:\t4111 1111 1111 1111 (visa).",
+    "Routing number 021000021, account 12345678; phone: 212-555-0101.\n\nDriver license: A1234567 (WA).",
+    "",
+)
+
+
+@pytest.mark.parametrize("text", CONTEXT_TEXTS)
+def test_keywords_are_presidios_own(engine: Any, text: str) -> None:
+    """The artifacts are built in one pass, but the keywords are what ``NlpArtifacts.set_keywords`` derives."""
+    from presidio_analyzer.nlp_engine import NlpArtifacts
+
+    artifacts = engine.nlp_engine.process_text(text, "en")
+    doc = artifacts.tokens
+    assert artifacts.tokens_indices == [t.idx for t in doc]
+    assert artifacts.lemmas == [t.lemma_ or t.lower_ for t in doc]
+    assert artifacts.keywords == set(NlpArtifacts.set_keywords(engine.nlp_engine, artifacts.lemmas, "en"))
+
+
+@pytest.mark.parametrize("text", CONTEXT_TEXTS)
+def test_the_context_enhancer_scores_as_presidios_does(engine: Any, text: str) -> None:
+    """Same findings, scores and supporting words as Presidio's LemmaContextAwareEnhancer (which deep-copies
+    the results and walks the tokens from the start for each finding)."""
+    from presidio_analyzer import AnalyzerEngine
+
+    stock = AnalyzerEngine(registry=engine.registry, nlp_engine=engine.nlp_engine, supported_languages=["en"])
+
+    def found(analyzer: Any) -> list[tuple[int, int, str, float, str | None]]:
+        results = analyzer.analyze(text=text, language="en", return_decision_process=True)
+        return sorted(
+            (r.start, r.end, r.entity_type, r.score, r.analysis_explanation.supportive_context_word) for r in results
+        )
+
+    assert found(engine) == found(stock)
+
+
+def test_the_token_at_a_finding_is_the_one_presidios_walk_finds(engine: Any) -> None:
+    """Every offset, token starts and the middle of tokens and of runs of spaces alike."""
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+    text = "Call  me on 212-555-0101,\n\n  or e-mail  ops:team (my ssn: 536-22-8174)."
+    artifacts = engine.nlp_engine.process_text(text, "en")
+    ours, stock = engine.context_aware_enhancer, LemmaContextAwareEnhancer()
+    for start in range(len(text)):
+        expected = stock._extract_surrounding_words(artifacts, text[start:], start)
+        assert sorted(ours._extract_surrounding_words(artifacts, text[start:], start)) == sorted(expected)
+
+
+def test_the_context_enhancer_raises_scores_in_place(engine: Any) -> None:
+    """No deep copy: the results handed in are fresh from one analysis and nothing else reads them."""
+    from presidio_analyzer import RecognizerResult
+
+    text = "My ssn is 536-22-8174 for the form."
+    artifacts = engine.nlp_engine.process_text(text, "en")
+    recognizers = engine.registry.get_recognizers(language="en", all_fields=True)
+    ssn = next(r for r in recognizers if r.name == "UsSsnRecognizer")
+    raw = ssn.analyze(text=text, entities=["US_SSN"], nlp_artifacts=artifacts)
+    for r in raw:
+        r.recognition_metadata[RecognizerResult.RECOGNIZER_IDENTIFIER_KEY] = ssn.id
+    before = [r.score for r in raw]
+    enhanced = engine.context_aware_enhancer.enhance_using_context(text, raw, artifacts, recognizers)
+    assert all(a is b for a, b in zip(enhanced, raw, strict=True))
+    assert [r.score for r in raw] > before  # "ssn" nearby
+
+
+def test_tokens_tagged_in_windows_get_the_whole_docs_tags(engine: Any) -> None:
+    """A token's tag depends on the few tokens around it (``LazyTagger.reach``): tagged in a window around
+    it, it gets the tag the whole doc gives, so the names rules decide as before, at a fraction of the cost."""
+    text = (
+        "Hi Team,\n\nEscalated to Priyanka R Venkataraman in legal; she signs off on refunds over 5k. "
+        "Customer: Jörg Lindqvist (ref 4411), wants a callback from Dr. Amara Okafor after 3pm, cc Anna, Ben and Chen."
+        "\n\nBest,\nlars"
+    )
+    full = load_nlp(MODEL, ("parser",))(text)
+    for step in (20, 25, 31):
+        doc = engine.nlp_engine.process_text(text, "en").tokens
+        assert doc.user_data[LAZY_TAGGER].reach  # known for spaCy's CNN pipelines
+        asked = list(range(step // 2, len(doc), step))
+        tag_tokens(doc, asked)
+        assert LAZY_TAGGER in doc.user_data  # not by tagging the whole doc
+        assert [doc[i].tag_ for i in asked] == [full[i].tag_ for i in asked]
+        assert not all(t.tag_ for t in doc)
+        pos(doc[0])  # and the rest on demand, as before
+        assert [t.tag_ for t in doc] == [t.tag_ for t in full]

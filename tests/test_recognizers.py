@@ -310,6 +310,39 @@ def _adversarial_worker(part: int, parts: int) -> None:
         print(f"{name}\t{time.perf_counter() - started:.2f}", flush=True)
 
 
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("Customer: Erle Olsen. Later Erle called, Erle-Marie too, and O'Erle, Erle's and Erle_2 did not.", [(10, 20)]),
+        ("Dear Ms. Mary-Jane O'Neil,\nMary-Jane wrote; Mary and Jane didn't. O'Neil.", [(9, 25)]),
+        ("Anna van der Berg called. Berg, Anna and Annabel; van stays.", [(0, 17)]),
+        ("No full name here: Erle.", [(19, 23)]),
+    ],
+)
+def test_the_parts_of_a_name_are_found_alone_as_whole_words(text: str, names: list[tuple[int, int]]) -> None:
+    """``_name_parts`` scans word runs rather than compiling the parts into a regex per text: the same spans."""
+    import re
+
+    from gateway.recognizers.names import NOT_NAMES, _is_particle, _name_parts
+
+    parts = {
+        w
+        for s, e in names
+        for w in re.findall(r"[^\W\d_][^\W\d_'’-]*(?:[-'’][^\W\d_]+)*", text[s:e])
+        if len(re.findall(r"[^\W\d_][^\W\d_'’-]*(?:[-'’][^\W\d_]+)*", text[s:e])) >= 2
+        and len(w) >= 3
+        and w[0].isupper()
+        and w.lower() not in NOT_NAMES
+        and not _is_particle(w)
+    }
+    expected = []
+    if parts:  # the regex this replaced
+        alternatives = "|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True))
+        pattern = re.compile(r"(?<![\w'’-])(?:" + alternatives + r")(?![\w'’-])")
+        expected = [m.span() for m in pattern.finditer(text) if not any(s <= m.start() < e for s, e in names)]
+    assert list(_name_parts(text, names)) == expected
+
+
 def test_recognizers_stay_linear_on_a_megabyte_of_hostile_input() -> None:
     # A hang guard, not a timing assertion: each input gets a generous 60 s (a few s is normal, on a busy
     # two-core machine) in a child process, which is

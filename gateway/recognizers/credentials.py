@@ -23,6 +23,11 @@ from .rules import Check, Rule, RuleRecognizer, window, words
 
 ENTITY = "SECRET"
 
+_CALL_OPEN = re.compile(r"[(\[]")
+_NAME_SEPARATORS = re.compile(r"[-_.]")
+_AWS_KEY_ID_LOWER = re.compile(r"(?:akia|asia)[a-z0-9]{16}")
+_NON_ALNUM_RUN = re.compile(r"[^A-Za-z0-9]+")
+
 # Token boundaries: a vendor token is never part of a longer token.
 _L = r"(?<![A-Za-z0-9_-])"
 _R = r"(?![A-Za-z0-9_-])"
@@ -63,7 +68,7 @@ def _is_reference(value: str) -> bool:
     """``config.db_password``, ``get_token()``, ``DB_PASSWORD``, ``./secret.txt``: a name, not a value."""
     if not _REFERENCE.match(value):
         return False
-    head = re.split(r"[(\[]", value, maxsplit=1)[0]
+    head = _CALL_OPEN.split(value, maxsplit=1)[0]
     return all(_is_identifier(part) for part in head.split(".") if part)
 
 
@@ -82,7 +87,7 @@ def looks_random(value: str, *, min_length: int = 20, min_entropy: float = 3.0) 
         return False
     if _is_identifier(value):
         return False  # ExtraordinaryCircumstances2024, user_profile_v2: words and small numbers
-    segments = [s for s in re.split(r"[-_.]", value) if s]
+    segments = [s for s in _NAME_SEPARATORS.split(value) if s]
     # kebab/snake/dotted names (my-service-account-2024, com.example.app): every part a word or a number
     if len(segments) > 1 and all(s.isalpha() or s.isdigit() for s in segments):
         return False
@@ -213,7 +218,7 @@ def _aws_secret(m: re.Match[str], start: int, end: int) -> tuple[int, int, float
     if not (any(c.isupper() for c in value) and any(c.islower() for c in value) and any(c.isdigit() for c in value)):
         return None
     before = window(text, start, 120)
-    if "aws" in before or "secret" in before or re.search(r"(?:akia|asia)[a-z0-9]{16}", before):
+    if "aws" in before or "secret" in before or _AWS_KEY_ID_LOWER.search(before):
         return start, end, 0.9
     return None
 
@@ -330,7 +335,7 @@ def secret_kind(identifier: str) -> str | None:
     The credential word must end the name, up to harmless suffixes, so ``password_file``, ``max_tokens``
     and ``tokenizer`` are not credentials.
     """
-    words = [w.lower() for part in re.split(r"[^A-Za-z0-9]+", identifier) for w in _CAMEL.split(part) if w]
+    words = [w.lower() for part in _NON_ALNUM_RUN.split(identifier) for w in _CAMEL.split(part) if w]
     for i in range(len(words) - 1, -1, -1):
         word = words[i]
         tail = words[i + 1 :]

@@ -20,6 +20,10 @@ import re
 
 from .rules import Rule, RuleRecognizer, window
 
+_NON_DIGITS = re.compile(r"\D")
+_NON_ALNUM = re.compile(r"[^A-Za-z0-9]")
+_LOOSE_CARD_SEPARATOR = re.compile(r"\.|[ \t]{2}|[ \t][-–]|[-–][ \t]")
+_LOOSE_IBAN_SEPARATOR = re.compile(r"[./]|[ \t]{2}|^[A-Za-z]{2}[ \t./-]")
 # Issuer prefixes: Visa 4, Mastercard 51-55 and 2221-2720, Amex 34/37, Discover 6011/64-65, Diners 36/38/30,
 # JCB 35, UnionPay 62, Maestro 50/56-69.
 _ISSUER = re.compile(r"4|5[0-9]|2[2-7]|3[0-9]|6[0-9]")
@@ -40,9 +44,9 @@ def luhn(digits: str) -> bool:
 def _check_card(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
     value = m.group("value")
     # Only what Presidio's own pattern misses: a dot, a run of spaces or a spaced dash.
-    if not re.search(r"\.|[ \t]{2}|[ \t][-–]|[-–][ \t]", value):
+    if not _LOOSE_CARD_SEPARATOR.search(value):
         return None
-    digits = re.sub(r"\D", "", value)
+    digits = _NON_DIGITS.sub("", value)
     if not 13 <= len(digits) <= 19 or len(set(digits)) < 2 or not _ISSUER.match(digits):
         return None
     return (start, end, 0.9) if luhn(digits) else None
@@ -79,9 +83,9 @@ def iban_valid(compact: str) -> bool:
 
 def _check_iban(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
     value = m.group("value")
-    if not re.search(r"[./]|[ \t]{2}|^[A-Za-z]{2}[ \t./-]", value):
+    if not _LOOSE_IBAN_SEPARATOR.search(value):
         return None  # Presidio's IbanRecognizer takes single spaces and dashes between groups of four
-    compact = re.sub(r"[^A-Za-z0-9]", "", value)
+    compact = _NON_ALNUM.sub("", value)
     # The candidate may run into a following word; try the country's exact length.
     length = IBAN_LENGTHS.get(compact[:2].upper())
     if length is None or len(compact) < length:
@@ -102,7 +106,7 @@ _CARD_WORDS = re.compile(r"\b(?:card|cards|credit|debit|visa|mastercard|maestro|
 
 
 def _check_card_range(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
-    digits = re.sub(r"\D", "", m.group("value"))
+    digits = _NON_DIGITS.sub("", m.group("value"))
     if not 12 <= len(digits) <= 19 or len(set(digits)) < 2 or not luhn(digits):
         return None
     mastercard_2 = len(digits) == 16 and 2221 <= int(digits[:4]) <= 2720

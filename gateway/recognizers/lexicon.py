@@ -46,6 +46,7 @@ ENTITY = "PERSON"
 #: A word: letters, with inner hyphens or apostrophes (Jean-Luc, O'Brien), and a dot after an initial.
 _TOKEN = re.compile(r"[^\W\d_]+(?:[-'’][^\W\d_]+)*\.?")
 _POSSESSIVE = re.compile(r"['’]s$")
+_NAME_JOINERS = re.compile(r"[-'’]")
 #: Between two words of one run: spaces or tabs only. A line break, a comma or a bracket ends the run.
 _GAP = re.compile(r"[ \t]{1,3}")
 #: Surname endings of languages whose surnames carry them; only for words English does not know.
@@ -100,7 +101,7 @@ def _kind(word: str, lex: Lexicon) -> str:
         return "stop"
     if word.endswith(".") and len(bare) <= 3 and lower not in lex.given:
         return "stop"  # "Dr.", "Inc.", "St.": an abbreviation
-    parts = [p for p in re.split(r"[-'’]", lower) if p]
+    parts = [p for p in _NAME_JOINERS.split(lower) if p]
     if lower in lex.given or (len(parts) > 1 and all(p in lex.given for p in parts)):
         return "given_wordy" if lower in lex.wordy else "given"
     if lower in lex.wordy:

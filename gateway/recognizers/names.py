@@ -25,6 +25,7 @@ A name found once is hidden everywhere else in the request by ``Redactor`` (prop
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,15 @@ _NAME = re.compile(
     rf"{_INITIALS}?(?P<first>{_WORD})"
     rf"(?:[ \t]{{1,3}}(?:(?i:{_PARTICLE})[ \t]{{1,3}}){{0,3}}(?:{_INITIALS})?{_WORD}){{0,3}}"
 )
+#: Compiled once here rather than looked up in ``re``'s cache on every call: the phone recognizer's
+#: library compiles enough patterns of its own to push ours out of that cache.
+_NON_SPACE = re.compile(r"\S+")
+_NAME_WORD = re.compile(r"[^\W\d_][^\W\d_'’-]*(?:[-'’][^\W\d_]+)*")
+_PARTICLE_WORD = re.compile(_PARTICLE, re.IGNORECASE)
+_INITIAL = re.compile(r"[A-Z]\.")
+_FINAL_INITIAL = re.compile(r"(?:^|[ \t])[A-Z]\.$")
+_LINE_CLOSE = re.compile(r"[ \t]*(?:$|\r?\n|[,|–-])")
+_INNER_CAPITALS = re.compile(r"[a-z][A-Z]{2,}")
 _SEPARATOR = re.compile(r"[ \t]*(?:,|&|\band\b|\bund\b|\bet\b|\by\b)[ \t]*")
 
 #: Capitalised words that follow cues but are not names.
@@ -337,8 +347,60 @@ _AUXILIARIES = words("be am is are was were been being have has had do does did 
 _NEGATIONS = words("not n't n’t")
 
 
-#: ``doc.user_data`` key under which the detector leaves the pipeline whose tagger did not run yet.
+#: ``doc.user_data`` key under which the detector leaves a :class:`LazyTagger` for the components it did not run.
 LAZY_TAGGER = "pii_gateway.lazy_tagger"
+
+#: Embedding layers whose features are each token's own (no neighbours), and window encoders whose reach
+#: is ``depth * window_size`` tokens on each side: with these, a token's tag depends on no token further away.
+_PER_TOKEN_EMBEDDINGS = frozenset({"spacy.MultiHashEmbed.v1", "spacy.MultiHashEmbed.v2"})
+_WINDOW_ENCODERS = frozenset(
+    {"spacy.MaxoutWindowEncoder.v1", "spacy.MaxoutWindowEncoder.v2", "spacy.MishWindowEncoder.v1",
+     "spacy.MishWindowEncoder.v2"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LazyTagger:
+    """The pipeline whose tagger (and the embedding layer it listens to) did not run with it.
+
+    ``reach``: how many tokens on each side a token's tag depends on, when the model's architecture says
+    (a convolutional embedding: ``depth * window_size``, 4 for spaCy's small English models), else None.
+    With a reach, ``tag_tokens`` tags a few tokens from the windows around them, which gives the very
+    scores the whole doc would (``tests/test_detector.py`` pins this); without, whole docs are tagged.
+    """
+
+    nlp: Any
+    reach: int | None
+
+    @classmethod
+    def of(cls, nlp: Any) -> LazyTagger | None:
+        """The deferred tagger of ``nlp``, or None when it has no tagger or runs it with the pipeline."""
+        if "tagger" not in nlp.component_names or "tagger" in nlp.pipe_names:
+            return None
+        return cls(nlp, _tagger_reach(nlp))
+
+    @property
+    def components(self) -> list[str]:
+        return [n for n in ("tok2vec", "tagger") if n in self.nlp.component_names and n not in self.nlp.pipe_names]
+
+
+def _tagger_reach(nlp: Any) -> int | None:
+    components = nlp.config["components"]
+    model = components["tagger"]["model"]
+    if model.get("@architectures") not in ("spacy.Tagger.v1", "spacy.Tagger.v2"):
+        return None
+    tok2vec = model.get("tok2vec", {})
+    if tok2vec.get("@architectures") == "spacy.Tok2VecListener.v1":
+        upstream = tok2vec.get("upstream")
+        if upstream != "tok2vec" or "tok2vec" in nlp.pipe_names or "tok2vec" not in components:
+            return None  # listening to a layer that already ran, or to one this code does not run
+        tok2vec = components["tok2vec"]["model"]
+    if tok2vec.get("@architectures") not in ("spacy.Tok2Vec.v1", "spacy.Tok2Vec.v2"):
+        return None
+    embed, encode = tok2vec.get("embed", {}), tok2vec.get("encode", {})
+    if embed.get("@architectures") not in _PER_TOKEN_EMBEDDINGS or encode.get("@architectures") not in _WINDOW_ENCODERS:
+        return None
+    return int(encode["depth"]) * int(encode["window_size"])
 
 
 def pos(token: Any) -> str:
@@ -360,12 +422,47 @@ def pos(token: Any) -> str:
 
 def tag_now(doc: Any) -> None:
     """Run the tagger (and the embedding layer it listens to) on ``doc`` if the detector deferred it."""
-    nlp = doc.user_data.pop(LAZY_TAGGER, None)
-    if nlp is None:
+    lazy = doc.user_data.pop(LAZY_TAGGER, None)
+    if lazy is None:
         return
-    for name in ("tok2vec", "tagger"):
-        if name in nlp.component_names and name not in nlp.pipe_names:
-            nlp.get_pipe(name)(doc)
+    for name in lazy.components:
+        lazy.nlp.get_pipe(name)(doc)
+
+
+#: A window's tagging costs about a tenth of a 700-character text's, whatever its length (the model's
+#: weights are prepared per call): beyond this share of the doc in windows, the whole doc is tagged.
+_WINDOW_SHARE = 0.5
+
+
+def tag_tokens(doc: Any, indices: list[int]) -> None:
+    """Tag the tokens at ``indices`` (the rest of ``doc`` may stay untagged), in one call of the tagger.
+
+    Each token is tagged within the tokens its tag depends on (``LazyTagger.reach``), so its tag is the
+    one tagging the whole doc gives. ``pos`` tags the whole doc for any other token it is asked about.
+    """
+    lazy = doc.user_data.get(LAZY_TAGGER)
+    wanted = sorted({i for i in indices if not doc[i].tag_})
+    if lazy is None or not wanted:
+        return
+    if lazy.reach is None:
+        tag_now(doc)
+        return
+    segments: list[list[int]] = []
+    for i in wanted:
+        start, end = max(0, i - lazy.reach), min(len(doc), i + lazy.reach + 1)
+        if segments and start <= segments[-1][1]:
+            segments[-1][1] = end
+        else:
+            segments.append([start, end])
+    if sum(end - start for start, end in segments) > _WINDOW_SHARE * len(doc):
+        tag_now(doc)
+        return
+    pieces = [doc[start:end].as_doc() for start, end in segments]
+    for name in lazy.components:
+        pieces = list(lazy.nlp.get_pipe(name).pipe(pieces))
+    for (start, end), piece in zip(segments, pieces, strict=True):
+        for i in wanted[bisect.bisect_left(wanted, start) : bisect.bisect_left(wanted, end)]:
+            doc[i].tag_ = piece[i - start].tag_
 
 
 def _not_a_name_word(token: Any) -> bool:
@@ -390,38 +487,57 @@ class PersonCueRecognizer(RuleRecognizer):
         if entities and ENTITY not in entities:
             return []
         tokens = _token_index(nlp_artifacts)
-        found = list(self.spans(text, tokens))
+        chains = list(self.chains(text, tokens))
+        doc = getattr(nlp_artifacts, "tokens", None)
+        spacy_names: list[tuple[int, int]] = []
+        if doc is not None:
+            spacy_names = [(ent.start_char, ent.end_char) for ent in doc.ents if ent.label_ == "PERSON"]
+            # The word classes the veto and the completion of spaCy's names ask for, tagged in one go
+            # rather than by tagging the whole doc.
+            wanted = [veto.i for chain in chains for *_, veto in chain if veto is not None]
+            tag_tokens(doc, wanted + _completion_tokens(text, spacy_names, tokens))
+        found: list[tuple[int, int, float, str]] = []
+        for chain in chains:
+            for start, end, score, cue, veto in chain:
+                if veto is not None and _not_a_name_word(veto):
+                    break  # this name is none, and a list stops at it
+                found.append((start, end, score, cue))
         results = [self.result(s, e, score, cue) for s, e, score, cue in found]
         names = [(s, e) for s, e, _, _ in found]
         # Parts only of names a cue vouches for: spaCy's PERSON spans in code and tables ("True True") are not.
         results += [self.result(s, e, 0.6, "name_part_repeated") for s, e in _name_parts(text, names)]
-        doc = getattr(nlp_artifacts, "tokens", None)
         if doc is not None:
-            spacy_names = [(ent.start_char, ent.end_char) for ent in doc.ents if ent.label_ == "PERSON"]
             names += spacy_names
             results += [self.result(s, e, 0.6, "name_completed") for s, e in _completed(text, spacy_names, tokens)]
             results += [self.result(s, e, 0.55, "contact_block_name") for s, e in _contact_block_names(text, tokens)]
         results += [self.result(s, e, 0.6, "name_list") for s, e in _name_lists(text, names, tokens)]
         return list(EntityRecognizer.remove_duplicates(results))
 
-    def spans(self, text: str, tokens: dict[int, Any]) -> Iterator[tuple[int, int, float, str]]:
+    def chains(self, text: str, tokens: dict[int, Any]) -> Iterator[list[_Candidate]]:
+        """Names found by cues, as chains: a list after a cue ("cc Anna, Ben and Chen") is one chain.
+
+        Each name comes with the token whose word class may still veto it (``_not_a_name_word``), which
+        ``analyze`` checks once all are known; a vetoed name ends its chain, as it ends a list.
+        """
         for cue in CUES:
             for m in cue.pattern.finditer(text):
                 if cue.line_start and not _opens(text, m.start(), _LINE_OPENERS):
                     continue
                 if cue.name == "title" and not cue.lower and m.group()[0].islower():
                     continue  # "a cache miss. Restore": lower-case "miss", "judge", "officer" are words
-                pos = m.end()
-                found = _name_at(text, pos, cue, tokens)
+                chain: list[_Candidate] = []
+                found = _candidate_at(text, m.end(), cue, tokens)
                 while found is not None:
-                    start, end, score = found
-                    yield start, end, score, cue.name
+                    start, end, score, veto = found
+                    chain.append((start, end, score, cue.name, veto))
                     if not cue.lists:
                         break
                     sep = _SEPARATOR.match(text, end)
                     if sep is None or sep.end() == end:
                         break
-                    found = _name_at(text, sep.end(), cue, tokens, capitalised_only=True)
+                    found = _candidate_at(text, sep.end(), cue, tokens, capitalised_only=True)
+                if chain:
+                    yield chain
         for trigger in FOLLOWED:
             for m in trigger.pattern.finditer(text):
                 before = _NAME_BEFORE.search(text, max(0, m.start() - 100), m.start())
@@ -434,9 +550,13 @@ class PersonCueRecognizer(RuleRecognizer):
                     continue
                 if trigger.name == "conversation_turn" and text[start:end].lower() in _LABEL_WORDS:
                     continue
-                found = _name_at(text, start, _FOLLOWED, tokens, limit=end)
+                found = _candidate_at(text, start, _FOLLOWED, tokens, limit=end)
                 if found is not None:
-                    yield found[0], found[1], found[2], trigger.name
+                    yield [(found[0], found[1], found[2], trigger.name, found[3])]
+
+
+#: A name a cue found: start, end, score, the cue's name, and the token whose word class may veto it.
+_Candidate = tuple[int, int, float, str, Any]
 
 
 #: One word of a name next to a name spaCy found in part: a capitalised word or an initial ("P", "P.").
@@ -465,16 +585,38 @@ def _completed(text: str, names: list[tuple[int, int]], tokens: dict[int, Any]) 
             yield new_start, new_end
 
 
+def _completion_tokens(text: str, names: list[tuple[int, int]], tokens: dict[int, Any]) -> list[int]:
+    """The tokens whose word class ``_completed`` may ask for (``_pieces_ok`` up to its first word class)."""
+    wanted: list[int] = []
+    for start, end in names:
+        before = _PIECES_BEFORE.search(text, max(0, start - 70), start)
+        after = _PIECES_AFTER.match(text, end)
+        for m in (before, after):
+            if m is None:
+                continue
+            for w in _NON_SPACE.finditer(text, m.start(), m.end()):
+                word = w.group().rstrip(".")
+                if len(word) == 1:
+                    continue
+                token = tokens.get(w.start())
+                if word.lower() in NOT_NAMES or word.lower() in _COMPANY_WORDS or token is None:
+                    break
+                if token.ent_type_ in _VETO_LABELS or _is_identifier(word):
+                    break
+                wanted.append(token.i)
+    return wanted
+
+
 def _pieces_ok(text: str, start: int, end: int, tokens: dict[int, Any]) -> bool:
-    for m in re.finditer(r"\S+", text[start:end]):
+    for m in _NON_SPACE.finditer(text[start:end]):
         word = m.group().rstrip(".")
         if len(word) == 1:
             continue
         token = tokens.get(start + m.start())
-        if word.lower() in NOT_NAMES or word.lower() in _COMPANY_WORDS or token is None or pos(token) != "PROPN":
+        if word.lower() in NOT_NAMES or word.lower() in _COMPANY_WORDS or token is None:
             return False
-        if token.ent_type_ in _VETO_LABELS or _is_identifier(word):
-            return False
+        if token.ent_type_ in _VETO_LABELS or _is_identifier(word) or pos(token) != "PROPN":
+            return False  # the word class last: it may need the tagger
     return True
 
 
@@ -518,8 +660,11 @@ def _contact_block_names(text: str, tokens: dict[int, Any]) -> Iterator[tuple[in
 
 
 def _words_at(value: str) -> Iterator[tuple[int, str]]:
-    for m in re.finditer(r"\S+", value):
+    for m in _NON_SPACE.finditer(value):
         yield m.start(), m.group()
+
+
+_WORD_RUN = re.compile(r"[\w'’-]+")
 
 
 def _name_parts(text: str, names: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
@@ -529,7 +674,7 @@ def _name_parts(text: str, names: list[tuple[int, int]]) -> Iterator[tuple[int, 
     """
     parts: set[str] = set()
     for start, end in names:
-        words = re.findall(r"[^\W\d_][^\W\d_'’-]*(?:[-'’][^\W\d_]+)*", text[start:end])
+        words = _NAME_WORD.findall(text[start:end])
         if len(words) < 2:
             continue
         parts.update(
@@ -537,11 +682,10 @@ def _name_parts(text: str, names: list[tuple[int, int]]) -> Iterator[tuple[int, 
         )
     if not parts:
         return
-    pattern = re.compile(
-        r"(?<![\w'’-])(?:" + "|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True)) + r")(?![\w'’-])"
-    )
-    for m in pattern.finditer(text):
-        if not any(s <= m.start() < e for s, e in names):
+    # A part is letters, apostrophes and hyphens, standing alone: a whole run of word characters,
+    # apostrophes and hyphens. Looking each run up costs less than compiling the parts into a regex.
+    for m in _WORD_RUN.finditer(text):
+        if m.group() in parts and not any(s <= m.start() < e for s, e in names):
             yield m.start(), m.end()
 
 
@@ -555,7 +699,7 @@ NAME_LIST = re.compile(
 def _name_lists(text: str, names: list[tuple[int, int]], tokens: dict[int, Any]) -> Iterator[tuple[int, int]]:
     """The other items of a list of single words one of which is a name found by a rule or by spaCy."""
     for m in NAME_LIST.finditer(text):
-        items = [(w.start(), w.end()) for w in re.finditer(r"[^\W\d_][^\W\d_'’-]*(?:[-'’][^\W\d_]+)*", m.group())]
+        items = [(w.start(), w.end()) for w in _NAME_WORD.finditer(m.group())]
         items = [
             (m.start() + a, m.start() + b)
             for a, b in items
@@ -573,7 +717,7 @@ def _name_lists(text: str, names: list[tuple[int, int]], tokens: dict[int, Any])
 
 
 def _is_particle(word: str) -> bool:
-    return re.fullmatch(_PARTICLE, word, re.IGNORECASE) is not None
+    return _PARTICLE_WORD.fullmatch(word) is not None
 
 
 def _token_index(nlp_artifacts: Any) -> dict[int, Any]:
@@ -583,13 +727,14 @@ def _token_index(nlp_artifacts: Any) -> dict[int, Any]:
     return {token.idx: token for token in doc}
 
 
-def _name_at(
+def _candidate_at(
     text: str, pos: int, cue: Cue, tokens: dict[int, Any], *, capitalised_only: bool = False, limit: int | None = None
-) -> tuple[int, int, float] | None:
+) -> tuple[int, int, float, Any] | None:
+    """The name at ``pos`` after ``cue``, with the token whose word class may still veto it (or None)."""
     m = _NAME.match(text, pos, limit if limit is not None else len(text))
     if m is None:
         return None
-    words = list(re.finditer(r"\S+", m.group()))
+    words = list(_NON_SPACE.finditer(m.group()))
     kept_end = 0
     lower_name = False
     for i, w in enumerate(words):
@@ -597,11 +742,11 @@ def _name_at(
         bare = word.strip(".,").lower()
         if bare in NOT_NAMES:
             break
-        if word[0].isupper() or re.match(r"[A-Z]\.", word):
+        if word[0].isupper() or _INITIAL.match(word):
             if lower_name:
                 break  # "john Smith": mixed case is two things
             kept_end = w.end()
-        elif re.fullmatch(_PARTICLE, bare, re.IGNORECASE) and i > 0:
+        elif _PARTICLE_WORD.fullmatch(bare) and i > 0:
             continue
         elif i == 0 and cue.lower and not capitalised_only and _lower_name_ok(m.start() + w.start(), bare, tokens):
             kept_end = w.end()
@@ -617,8 +762,6 @@ def _name_at(
         and (first.ent_type_ in _VETO_LABELS or (first.ent_type_ == "NORP" and first.text.lower() in DEMONYMS))
     ):
         return None
-    if cue.veto and first is not None and _not_a_name_word(first):
-        return None
     kept = m.group()[:kept_end].split()
     if kept[-1].strip(".,").lower() in _COMPANY_WORDS:
         return None  # "Acme Holdings", "Royal Bank"
@@ -630,14 +773,15 @@ def _name_at(
         return None  # "Client(", "List[str]", "(candidate: Candidate) ->": code; "M.F.": an abbreviation
     start, end = m.start(), m.start() + kept_end
     while end > start and text[end - 1] in ".,'’":
-        if text[end - 1] == "." and re.search(r"(?:^|[ \t])[A-Z]\.$", text[start:end]):
+        if text[end - 1] == "." and _FINAL_INITIAL.search(text[start:end]):
             break  # keep the dot of a final initial
         end -= 1
-    if cue.end_of_line and not re.match(r"[ \t]*(?:$|\r?\n|[,|–-])", text[end : end + 8]):
+    if cue.end_of_line and not _LINE_CLOSE.match(text[end : end + 8]):
         return None
     if cue.closed and not _CLAUSE_END.match(text, end):
         return None
-    return start, end, 0.6 if lower_name else cue.score
+    # The word class is left to the caller: it needs the tagger, which is cheaper run once for all names.
+    return start, end, 0.6 if lower_name else cue.score, first if cue.veto else None
 
 
 _CAMEL = re.compile(r"^([A-Z]?[a-z]+)[A-Z]")
@@ -648,7 +792,7 @@ _INNER_CAPITAL_PREFIXES = words("mc mac de di da la le van von fitz o jo mary an
 def _is_identifier(word: str) -> bool:
     """CamelCase or mixed capitals inside a word (``ValueError``, ``OpenBLAS``), unless a name prefix explains it."""
     word = word.strip(".,'’")
-    if re.search(r"[a-z][A-Z]{2,}", word):
+    if _INNER_CAPITALS.search(word):
         return True
     camel = _CAMEL.match(word)
     return camel is not None and camel.group(1).lower() not in _INNER_CAPITAL_PREFIXES
@@ -659,7 +803,7 @@ def _lower_name_ok(start: int, word: str, tokens: dict[int, Any]) -> bool:
     token = tokens.get(start)
     if token is None or len(word) < 2 or word in NOT_NAMES:
         return False
-    return bool(pos(token) in _LOWER_OK_POS and not token.is_stop and token.is_alpha)
+    return bool(not token.is_stop and token.is_alpha and pos(token) in _LOWER_OK_POS)
 
 
 def recognizers(language: str) -> list[RuleRecognizer]:

@@ -54,6 +54,8 @@ _CANDIDATE = re.compile(
 )
 _DECIMAL = re.compile(r"\d+\.\d+")
 _NANP = re.compile(r"(?:(?:\+|00|011)?[ .-]?1[ .-]?)?(?:\(\d{3}\)[ ]?|\d{3}[-.])\d{3}[-.]\d{4}")
+_DATE_SEPARATOR = re.compile(r"[-./]")
+_DIGIT_GROUP = re.compile(r"\d+")
 _DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
 #: IPv4 addresses and versions (1.2.3456, 10.0.0.1); a dotted phone number starts with three digits or more groups.
 _DOTTED = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|\d{1,2}(?:\.\d{1,4}){1,3}")
@@ -82,6 +84,12 @@ class RegionalPhoneRecognizer(RuleRecognizer):
 
     def __init__(self, language: str, regions: tuple[str, ...]) -> None:
         self.regions = tuple(r for r in regions if r in phonenumbers.SUPPORTED_REGIONS)
+        # phonenumbers compiles its metadata's patterns as it goes and, by default, leaves them to ``re``'s
+        # cache of 512, which ten regions' patterns and ours overflow: a number would cost fresh regex
+        # parses. Its own cache keeps them (bounded by the metadata; process-wide, like the library).
+        enable_cache = getattr(phonenumbers, "enable_pattern_cache", None)
+        if enable_cache is not None:
+            enable_cache()
         super().__init__(ENTITY, (), name="RegionalPhoneRecognizer", language=language)
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[RecognizerResult]:
@@ -91,7 +99,7 @@ class RegionalPhoneRecognizer(RuleRecognizer):
         return list(EntityRecognizer.remove_duplicates(results))
 
     def spans(self, text: str) -> Iterator[tuple[int, int, float, str]]:
-        if sum(c.isdigit() for c in text[:200_000]) < 7 and sum(c.isdigit() for c in text) < 7:
+        if sum(map(str.isdigit, text)) < 7:
             return
         for count, m in enumerate(_CANDIDATE.finditer(text)):
             number = m.group("num").strip()
@@ -176,7 +184,7 @@ def _starts_with_date(number: str) -> bool:
     m = _DATE.match(number)
     if m is None:
         return False
-    fields = re.split(r"[-./]", m.group())
+    fields = _DATE_SEPARATOR.split(m.group())
     parts = [int(f) for f in fields]
     year_first = len(fields[0]) == 4
     a, b = (parts[1], parts[2]) if year_first else (parts[0], parts[1])
@@ -190,7 +198,7 @@ def _plausible(number: str) -> bool:
         return False
     if _starts_with_date(number) or _DOTTED.fullmatch(number) or _DECIMAL.fullmatch(number):
         return False
-    groups = re.findall(r"\d+", number)
+    groups = _DIGIT_GROUP.findall(number)
     if sum(len(g) == 1 for g in groups) > 2 or number.count("/") > 1:
         return False
     # Unseparated digit runs: 10-11 digits national, more only with an international prefix.
