@@ -88,7 +88,7 @@ _PLACE_WORD = rf"(?:[{_CAPITAL}][a-z]{{0,2}}\.|[{_CAPITAL}][\w'’-]{{1,30}})"
 #: A place name: up to four capitalised words, short particles between them, a district letter or number
 #: after them (``København K``, ``Paris 15``).
 _PLACE = (
-    rf"{_PLACE_WORD}(?:[ \t]{{1,2}}(?:[a-zà-ÿ]{{1,4}}[ \t]{{1,2}}){{0,2}}{_PLACE_WORD}){{0,3}}"
+    rf"{_PLACE_WORD}(?:[ \t]{{1,2}}(?:(?:[a-zà-ÿ]{{1,4}}|[A-Z])[ \t]{{1,2}}){{0,2}}{_PLACE_WORD}){{0,3}}"
     r"(?:[ \t](?:\d{1,3}|[A-Z])(?![\w'’-]))?"
 )
 _UNIT = re.compile(
@@ -144,6 +144,8 @@ def _complete(text: str, start: int, end: int, score: float, *, has_unit: bool =
     lead = _LEADING_NUMBER.search(text, max(0, start - 12), start)
     if lead is not None:
         start = lead.start()
+    if text[end - 1 : end].isdigit() and text[end : end + 1] == "." and text[end + 1 : end + 2] in (",", "\n", "\r"):
+        end += 1  # the dot of an ordinal house number before the locality: "Kárpát u. 6., Budapest"
     for _ in range(2):  # "Suite 629 Suite 680", "Piso 3 Puerta B"
         unit = _UNIT.match(text, end) or _UNIT_AFTER_DOT.match(text, end)
         if unit is None:
@@ -195,8 +197,8 @@ def _type_word(token: str) -> str | None:
     bare = _bare(token)
     if bare in _ALL_TYPES:
         return bare
-    if bare.endswith("s") and bare[:-1] in _ALL_TYPES and len(bare) > 4:
-        return bare[:-1]  # USPS plurals: Burgs, Pines, Ways
+    if bare.endswith("s") and bare[:-1] in _ALL_TYPES and len(bare) > 3:
+        return bare[:-1]  # USPS plurals: Burgs, Pines, Ways, Keys
     return None
 
 
@@ -439,7 +441,7 @@ def _check_name_number_unit(m: re.Match[str], start: int, end: int) -> tuple[int
 #: A lower-case type word after the name, number after: "Dózsa György út 78", "Karl Johans gate 5".
 _TYPE_LAST = re.compile(
     r"[A-ZÀ-ÖØ-ÞĀ-Ž](?<![\w.-].)(?P<name>[\w'’.-]{1,30}(?:[ \t][\w'’.-]{1,30}){0,2})[ \t]"
-    r"(?:út|utca|útja|utcája|tér|tere|körút|sor|vei|veien|veg|vegen|gate|gata|gatan|vej|väg|vägen|gränd|torg|"
+    r"(?:út|utca|u\.|útja|utcája|tér|tere|körút|krt\.|rakpart|rkp\.|sor|vei|veien|veg|vegen|gate|gata|gatan|vej|väg|vägen|gränd|torg|"
     r"terrasse|plass|plads|gade|allé|stien|straße|strasse|weg|allee|platz|gasse|laan|straat|ulica|ul\.|cesta|"
     rf"tänav|põik|maantee|mnt\.?|iela|gatvė)[ \t]{{1,3}}{_NUM_EU}"
 )
