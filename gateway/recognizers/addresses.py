@@ -116,6 +116,11 @@ _LOCALITY_SAME_LINE = re.compile(
     r"(?=[ \t]*(?:$|\r?\n|[,.;:!?()]))",
     re.MULTILINE,
 )
+_LOCALITY_AFTER_UNIT = re.compile(
+    rf"[ \t]{{1,3}}(?P<part>{_PLACE}(?:,?[ \t]{{1,3}}{_US_STATE}(?![\w-]))?(?:,?[ \t]{{1,3}}{_POSTCODE})?)"
+    r"(?=[ \t]+[a-z])",
+    re.MULTILINE,
+)
 #: Words that open a line after an address but are not part of it.
 _NOT_PLACES = words(
     """regards thanks thank best cheers sincerely hello hi dear kind warm yours love tel phone mobile cell fax email
@@ -159,6 +164,9 @@ def _complete(text: str, start: int, end: int, score: float, *, has_unit: bool =
         if part is None and i == 0:
             # "12 Main St Apt 4 Springfield IL 62704": one locality after a space, ending the line or sentence
             part = _LOCALITY_SAME_LINE.match(text, end)
+            if part is None and has_unit and "\n" not in text[start:end]:
+                # "... Suite 166 NEWELL Australia last night": after a unit, a place may run on into prose
+                part = _LOCALITY_AFTER_UNIT.match(text, end)
         if part is None:
             break
         first = part.group("part").split()[0]
@@ -227,10 +235,15 @@ def _check_words(m: re.Match[str], start: int, end: int) -> tuple[int, int, floa
     return _complete(m.string, start, stop, score, has_unit=m.re is _UNIT_FIRST)
 
 
+def _place_word(token: str) -> bool:
+    """``Old Kent Road``, ``New Street``: capitalised, these function words are part of street names."""
+    return token[0].isupper() and _bare(token) in ("old", "new")
+
+
 def _valid_name(tokens: list[str], kind: str) -> bool:
     """Name words before an English type word: capitalised (``Main``, ``O'Connell``, ``5th``), or a short
     all-lower-case name before a spelled-out type (``42 elm street``). Never a function word or a unit."""
-    if any(_bare(t) in FUNCTION_WORDS or _bare(t) in UNIT_WORDS for t in tokens):
+    if any((_bare(t) in FUNCTION_WORDS and not _place_word(t)) or _bare(t) in UNIT_WORDS for t in tokens):
         return False
     if all(t[0].isupper() or t[0].isdigit() for t in tokens):
         return True
