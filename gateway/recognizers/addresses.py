@@ -85,10 +85,12 @@ _POSTCODE = rf"(?:\d{{4,6}}(?:-\d{{3,4}})?|{_UK_POSTCODE}|{_CA_POSTCODE}|\d{{4}}
 #: A capital of the Latin, Greek or Cyrillic alphabets (``ΛΕΥΚΩΣΙΑ``, ``Ölands``).
 _CAPITAL = "A-ZÀ-ÖØ-ÞĀ-ŽΆ-ΏΑ-ΩА-ЯЁ"
 _PLACE_WORD = rf"(?:[{_CAPITAL}][a-z]{{0,2}}\.|[{_CAPITAL}][\w'’-]{{1,30}})"
-#: A place name: up to four capitalised words, short particles between them, a district letter or number
-#: after them (``København K``, ``Paris 15``).
+#: A place name: up to four capitalised words, short particles between them, a qualifier in brackets
+#: (``Halle (Saale)``, ``Frankfurt (Oder)``), a district letter or number after them (``København K``,
+#: ``Paris 15``).
 _PLACE = (
     rf"{_PLACE_WORD}(?:[ \t]{{1,2}}(?:(?:[a-zà-ÿ]{{1,4}}|[A-Z])[ \t]{{1,2}}){{0,2}}{_PLACE_WORD}){{0,3}}"
+    r"(?:[ \t]\((?:[^\W\d_][\w'’-]{1,20})(?:[ \t][^\W\d_][\w'’-]{1,20}){0,2}\))?"
     r"(?:[ \t](?:\d{1,3}|[A-Z])(?![\w'’-]))?"
 )
 _UNIT = re.compile(
@@ -125,7 +127,9 @@ _LOCALITY_AFTER_UNIT = re.compile(
 _NOT_PLACES = words(
     """regards thanks thank best cheers sincerely hello hi dear kind warm yours love tel phone mobile cell fax email
     e-mail mail web www note please ps p.s. sent from the this that it we i you he she they my our your call
-    contact name company monday tuesday wednesday thursday friday saturday sunday today tomorrow tonight"""
+    contact name company monday tuesday wednesday thursday friday saturday sunday today tomorrow tonight danke
+    dank gruß grüße viele mfg merci cordialement bien gracias saludos atentamente grazie saluti cordiali obrigado
+    atenciosamente bedankt groeten tack hälsningar mvh kiitos terveisin"""
 )
 _LEADING_NUMBER = re.compile(r"(?<![\w.,/#$£€%+:-])\d{1,6}[A-Za-z]?[ \t]{1,3}$")
 _CONTEXT = re.compile(
