@@ -84,6 +84,9 @@ _CA_POSTCODE = r"[A-Z]\d[A-Z][ \t]?\d[A-Z]\d"
 _POSTCODE = rf"(?:\d{{4,6}}(?:-\d{{3,4}})?|{_UK_POSTCODE}|{_CA_POSTCODE}|\d{{4}}[ \t]?[A-Z]{{2}})"
 #: A capital of the Latin, Greek or Cyrillic alphabets (``ΛΕΥΚΩΣΙΑ``, ``Ölands``).
 _CAPITAL = "A-ZÀ-ÖØ-ÞĀ-ŽΆ-ΏΑ-ΩА-ЯЁ"
+#: A list bullet that may open each line of an address block: "- ", "• ", "* ", and "? " where an
+#: encoding lost the bullet character.
+_BULLET = r"(?:[-*•·?]{1,3}[ \t]{1,2})?"
 _PLACE_WORD = rf"(?:[{_CAPITAL}][a-z]{{0,2}}\.|[{_CAPITAL}][\w'’-]{{1,30}})"
 #: A place name: up to four capitalised words, short particles between them, a qualifier in brackets
 #: (``Halle (Saale)``, ``Frankfurt (Oder)``), a district letter or number after them (``København K``,
@@ -106,7 +109,7 @@ _UNIT_AFTER_DOT = re.compile(
 )
 #: One locality part after a street: after a comma, or on the next line (one blank line allowed).
 _LOCALITY = re.compile(
-    r"(?:,[ \t]{0,3}(?:\r?\n[ \t]*)?|[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t]*(?:,[ \t]{0,3})?)"
+    rf"(?:,[ \t]{{0,3}}(?:\r?\n[ \t]*)?|[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t]*{_BULLET}(?:,[ \t]{{0,3}})?)"
     rf"(?P<part>(?:(?:[A-Z]{{1,2}}-)?\d{{4,6}}[ \t]{{1,3}}|\d{{4}}[ \t]?[A-Z]{{2}}[ \t]{{1,3}})?{_PLACE}"
     rf"(?:,?[ \t]{{1,3}}{_US_STATE}(?![\w-]))?"
     rf"(?:,?[ \t]{{1,3}}{_POSTCODE})?|{_US_STATE}[ \t]{{1,3}}\d{{5}}(?:-\d{{4}})?|{_UK_POSTCODE}|\d{{5}}(?:-\d{{4}})?)"
@@ -396,7 +399,7 @@ _POSTCODE_ANCHORED = re.compile(
 _NAME_NUMBER_UNIT = re.compile(
     r"[A-ZÀ-ÖØ-ÞĀ-Ž](?<![\w.-].)(?P<name>[\w'’.-]{0,30}(?:[ \t](?:[a-zà-ÿ]{1,4}[ \t]){0,2}"
     r"[A-ZÀ-ÖØ-ÞĀ-Ž][\w'’.-]{1,30}){0,3})[ \t]{1,3}(?P<num>\d{1,5}[a-zA-Z]?(?:/\d{1,4}[a-zA-Z]?)?)"
-    r"(?=(?:,?[ \t]{1,3}|,?[ \t]*\r?\n[ \t]*)"
+    rf"(?=(?:,?[ \t]{{1,3}}|,?[ \t]*\r?\n[ \t]*{_BULLET})"
     r"(?i:apt|apartment|suite|ste|unit|flat|piso|puerta|planta|interno|int|scala|stiege|top|whg)\b)"
 )
 #: "Grüne Lagune 79 / Benavente, SA 60230", "Κασνέτη 290, Býšt, PA 35625": a name and a number, then a
@@ -412,7 +415,8 @@ _NAME_NUMBER_LOCALITY = re.compile(
 _NUMBER_NAME_UNIT = re.compile(
     rf"\d(?<![\w.,/#$£€%+:-]\d)\d{{0,5}}[a-zA-Z]?[ \t]{{1,3}}(?P<name>[{_CAPITAL}][\w'’.-]{{1,30}}"
     rf"(?:[ \t]{{1,2}}[{_CAPITAL}][\w'’.-]{{1,30}}){{0,2}})"
-    r"(?=,?[ \t]{1,3}(?:Apt|Apartment|Suite|Ste|Flat|Appartamento|Piso|Puerta)\.?[ \t]{0,2}#?\d)"
+    rf"(?=(?:,?[ \t]{{1,3}}|,?[ \t]*\r?\n[ \t]*{_BULLET})"
+    r"(?:Apt|Apartment|Suite|Ste|Flat|Appartamento|Piso|Puerta)\.?[ \t]{0,2}#?\d)"
 )
 
 
@@ -583,13 +587,13 @@ def _suffix_type(token: str) -> bool:
 
 #: A unit on a line of its own, in an address block: ``Apt. 925``, ``Suite 854``, then its locality lines.
 _UNIT_LINE = re.compile(
-    r"^[ \t]{0,8}(?:Apt|Apartment|Suite|Ste|Flat)\.?[ \t]{0,2}#?\d{1,5}[A-Za-z]?(?=[ \t]*,?[ \t]*(?:\r?\n|$))",
+    rf"^[ \t]{{0,8}}{_BULLET}(?P<value>(?:Apt|Apartment|Suite|Ste|Flat)\.?[ \t]{{0,2}}#?\d{{1,5}}[A-Za-z]?)"
+    r"(?=[ \t]*,?[ \t]*(?:\r?\n|$))",
     re.MULTILINE,
 )
 
 
 def _check_unit_line(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
-    start += len(m.group()) - len(m.group().lstrip())
     return _complete(m.string, start, end, 0.5)
 
 
