@@ -294,11 +294,17 @@ def _name_parts(entity_type: str, value: str) -> tuple[str, ...]:
 
     A name written in full once is often written in part later ("Thanks, Maria"): hiding the parts
     wherever they recur keeps the later mention from leaking. Only capitalised words of three or more
-    letters are taken, so particles and initials are never propagated on their own.
+    letters are taken, so particles and initials are never propagated on their own; a possessive ends the
+    name ("Daniel Payne's Cautionary Tales" -> "Daniel", "Payne").
     """
     if entity_type != "PERSON":
         return ()
-    words = value.split()
+    words: list[str] = []
+    for word in value.split():
+        owner = re.sub(r"['’]s$", "", word)
+        words.append(owner)
+        if owner != word:
+            break  # "Daniel Payne's Cautionary Tales": the name ends at its possessive
     if len(words) < 2:
         return ()
     return tuple(

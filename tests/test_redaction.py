@@ -21,7 +21,7 @@ from gateway.detector import DetectionSpec, Finding, PresidioDetector
 from gateway.errors import PolicyBlocked
 from gateway.keys import KeyRing
 from gateway.policy import Action, MaskSpec, load_policy_dir, parse_policy
-from gateway.redaction import OFFLOAD_CHARS, Redactor, Slot, Span, _merge, _propagate, hash_token, mask
+from gateway.redaction import OFFLOAD_CHARS, Redactor, Slot, Span, _merge, _name_parts, _propagate, hash_token, mask
 from gateway.settings import Settings
 from tests.fake_upstream import FakeUpstream
 
@@ -325,6 +325,17 @@ def test_propagation_hides_at_least_what_a_regex_of_the_values_finds(
     reference = _regex_propagate(slots, spans)
     for mine, theirs in zip(ours, reference, strict=True):
         assert _covered(theirs) <= _covered(mine)
+
+
+def test_a_possessive_ends_the_name_whose_parts_are_hidden_elsewhere() -> None:
+    text = "Verses from Daniel Payne's Cautionary Tales. Early Payne is the best; the Tales are long."
+    slots = [Slot.detached(text)]
+    start = text.index("Daniel")
+    found = [[Span(start, text.index(". Early"), "PERSON", Action.PSEUDONYMIZE, 0.85)]]
+    (spans,) = _propagate(slots, found)
+    hidden = [text[sp.start : sp.end] for sp in spans]
+    assert hidden == ["Daniel Payne's Cautionary Tales", "Payne"]  # "Tales" alone is no part of the name
+    assert _name_parts("PERSON", "Daniel Payne's Cautionary Tales") == ("Daniel", "Payne")
 
 
 class _ScriptedDetector:

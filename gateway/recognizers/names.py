@@ -142,7 +142,7 @@ _NAME_QUESTIONS = _phrases(
 _ANSWER = r"[ \t]*\?[ \t]*(?:\r?\n[ \t]*)?(?:[A-Za-z]+[ \t]*:[ \t]*)?"
 #: Weaker introductions: the name must close its clause ("This is Maria.", "it is Gregory here").
 _SHORT_INTRODUCTIONS = _phrases(
-    "i am|i'm|i’m|this is|it's|it’s|it is|ich bin|named|called|speaking with|here is|name is|name's"
+    "i am|i'm|i’m|this is|it's|it’s|it is|ich bin|named|called|speaking with|here is|name is|name's|call me|calls me"
 )
 #: Labels in forms, tickets and CRM notes. Those that are also everyday words need their colon.
 _LABEL_PHRASES = """name|full name|first name|last name|surname|from|to|cc|bcc|attn|attention|signed|author|owner|
