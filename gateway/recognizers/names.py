@@ -178,6 +178,12 @@ _ADDRESSED = _phrases(
     records for|record for|profile for|application for|contract for|payslip for|offer letter for|badge for|
     visa for|referral for|certificate for|birthday of|funeral of|wedding of"""
 )
+#: An address block's header: its first line is the recipient ("Ship to:\nJana Nováková\nVinohradská 1511").
+_ADDRESS_LABELS = _phrases(
+    """billing address|shipping address|postal address|mailing address|delivery address|home address|ship to|
+    bill to|deliver to|sold to|mail to|send to|addressee|lieferadresse|rechnungsadresse|adresse de livraison|
+    dirección de envío|indirizzo di spedizione"""
+)
 #: After the name: "Alfio will call", "Gregory wrote:", "Jane Doe <jane@example.com>".
 _SPEAKER_VERBS = _phrases(
     """said|says|wrote|writes|asked|asks|replied|replies|called|emailed|texted|mentioned|confirmed|told|explained|
@@ -197,6 +203,8 @@ CUES: tuple[Cue, ...] = (
     Cue("name_question", re.compile(rf"{_NAME_QUESTIONS}{_ANSWER}"), 0.7, veto=True, closed=True),
     Cue("short_introduction", re.compile(rf"{_SHORT_INTRODUCTIONS}[ \t]+"), 0.7, veto=True, closed=True),
     Cue("form_label", re.compile(rf"{_LABELS_AND_ROLES}(?:[ \t]*:|=)[ \t]*"), 0.85, lists=True, veto=True, caps=True),
+    Cue("address_block", re.compile(rf"{_ADDRESS_LABELS}[ \t]*:[ \t]*(?:\r?\n[ \t]*)?"), 0.7, veto=True,
+        end_of_line=True),
     Cue("role", re.compile(rf"{_ROLES}(?:[ \t]+is)?[ \t]+"), 0.7, veto=True),
     Cue("addressed", re.compile(rf"{_ADDRESSED}[ \t,]+"), 0.6, lists=True, veto=True),
 )  # fmt: skip
