@@ -594,38 +594,36 @@ def _completed(text: str, names: list[tuple[int, int]], tokens: dict[int, Any]) 
 
 
 def _completion_tokens(text: str, names: list[tuple[int, int]], tokens: dict[int, Any]) -> list[int]:
-    """The tokens whose word class ``_completed`` may ask for (``_pieces_ok`` up to its first word class)."""
+    """The tokens whose word class ``_completed`` may ask for: ``_pieces_ok`` up to its first word class."""
     wanted: list[int] = []
     for start, end in names:
-        before = _PIECES_BEFORE.search(text, max(0, start - 70), start)
-        after = _PIECES_AFTER.match(text, end)
-        for m in (before, after):
-            if m is None:
-                continue
-            for w in _NON_SPACE.finditer(text, m.start(), m.end()):
-                word = w.group().rstrip(".")
-                if len(word) == 1:
-                    continue
-                token = tokens.get(w.start())
-                if word.lower() in NOT_NAMES or word.lower() in _COMPANY_WORDS or token is None:
-                    break
-                if token.ent_type_ in _VETO_LABELS or _is_identifier(word):
+        for m in (_PIECES_BEFORE.search(text, max(0, start - 70), start), _PIECES_AFTER.match(text, end)):
+            for token in _piece_tokens(text, m.start(), m.end(), tokens) if m is not None else ():
+                if token is None:
                     break
                 wanted.append(token.i)
     return wanted
 
 
 def _pieces_ok(text: str, start: int, end: int, tokens: dict[int, Any]) -> bool:
-    for m in _NON_SPACE.finditer(text[start:end]):
+    # The word class last, per piece: it may need the tagger.
+    return all(token is not None and pos(token) == "PROPN" for token in _piece_tokens(text, start, end, tokens))
+
+
+def _piece_tokens(text: str, start: int, end: int, tokens: dict[int, Any]) -> Iterator[Any]:
+    """The token of each word in ``text[start:end]`` (initials skipped) until one can be no name, then None."""
+    for m in _NON_SPACE.finditer(text, start, end):
         word = m.group().rstrip(".")
         if len(word) == 1:
             continue
-        token = tokens.get(start + m.start())
+        token = tokens.get(m.start())
         if word.lower() in NOT_NAMES or word.lower() in _COMPANY_WORDS or token is None:
-            return False
-        if token.ent_type_ in _VETO_LABELS or _is_identifier(word) or pos(token) != "PROPN":
-            return False  # the word class last: it may need the tagger
-    return True
+            yield None
+            return
+        if token.ent_type_ in _VETO_LABELS or _is_identifier(word):
+            yield None
+            return
+        yield token
 
 
 #: A line that is nothing but a name: two to four capitalised words, initials and particles.
