@@ -116,16 +116,14 @@ _LOCALITY = re.compile(
     r"(?=[ \t]*(?:$|\r?\n|[,.;:!?()])|[ \t]+[a-z])",
     re.MULTILINE,
 )
-_LOCALITY_SAME_LINE = re.compile(
+#: A locality on the street's own line, after a space: a place, a state, a postcode.
+_SAME_LINE_PART = (
     rf"[ \t]{{1,3}}(?P<part>{_PLACE}(?:,?[ \t]{{1,3}}{_US_STATE}(?![\w-]))?(?:,?[ \t]{{1,3}}{_POSTCODE})?)"
-    r"(?=[ \t]*(?:$|\r?\n|[,.;:!?()]))",
-    re.MULTILINE,
 )
-_LOCALITY_AFTER_UNIT = re.compile(
-    rf"[ \t]{{1,3}}(?P<part>{_PLACE}(?:,?[ \t]{{1,3}}{_US_STATE}(?![\w-]))?(?:,?[ \t]{{1,3}}{_POSTCODE})?)"
-    r"(?=[ \t]+[a-z])",
-    re.MULTILINE,
-)
+#: ... that ends the line or the sentence: "12 Main St Apt 4 Springfield IL 62704."
+_LOCALITY_SAME_LINE = re.compile(_SAME_LINE_PART + r"(?=[ \t]*(?:$|\r?\n|[,.;:!?()]))", re.MULTILINE)
+#: ... or, after a unit, runs on into prose: "Suite 166 NEWELL Australia last night".
+_LOCALITY_AFTER_UNIT = re.compile(_SAME_LINE_PART + r"(?=[ \t]+[a-z])", re.MULTILINE)
 #: Words that open a line after an address but are not part of it.
 _NOT_PLACES = words(
     """regards thanks thank best cheers sincerely hello hi dear kind warm yours love tel phone mobile cell fax email
