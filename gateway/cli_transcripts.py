@@ -278,10 +278,11 @@ async def _forget(settings: Settings, tenant: str, keep_rows: bool, grace_second
                 f"tenant {tenant}: data key {'destroyed' if destroyed else 'was already gone'}; "
                 f"{deleted} rows deleted; {dropped} spooled transcripts dropped"
             )
-            in_use = sorted({*held.key_ids(), *(await keys.wrapped_by())})
+            wrapping = set(await keys.wrapped_by())
+            in_use = sorted(wrapping | set(held.key_ids()))
             if path is None:
                 return _shred_by_hand(in_use, "they come from PII_GATEWAY_MASTER_KEY, which this command cannot change")
-            foreign = sorted(set(await keys.wrapped_by()) - set(held.key_ids()))
+            foreign = sorted(wrapping - set(held.key_ids()))
             if foreign:
                 return _shred_by_hand(in_use, f"data keys are wrapped by {', '.join(foreign)}, which {path} lacks")
             try:
