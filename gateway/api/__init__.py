@@ -84,6 +84,14 @@ def setter(container: dict[str, Any] | list[Any], key: Any) -> Callable[[str], N
     return write
 
 
+def field_slot(
+    container: Any, key: str, role: str | None, slots: list[Slot], kind: Literal["text", "json"] = "text"
+) -> None:
+    """A slot for ``container[key]`` when ``container`` is an object and that field holds a string."""
+    if isinstance(container, dict) and isinstance(container.get(key), str):
+        slots.append(Slot(container[key], role, setter(container, key), kind=kind))
+
+
 def json_leaf_slots(value: Any, role: str | None, slots: list[Slot]) -> None:
     """A slot for every string inside a JSON value (keys stay), for structured tool inputs."""
     if isinstance(value, dict):

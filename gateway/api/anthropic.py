@@ -23,7 +23,17 @@ from ..errors import BadRequest, UnscannableContent
 from ..placeholders import PlaceholderRestorer
 from ..policy import Policy
 from ..redaction import Slot
-from . import Event, WireApi, json_leaf_slots, listed, request_list, restore_json_leaves, schema_slots, setter
+from . import (
+    Event,
+    WireApi,
+    field_slot,
+    json_leaf_slots,
+    listed,
+    request_list,
+    restore_json_leaves,
+    schema_slots,
+    setter,
+)
 from .chat import DEFINITION_ROLE
 
 UNSCANNABLE = frozenset({"image", "document", "file", "audio", "container_upload"})
@@ -36,8 +46,7 @@ def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int
     for j, tool in enumerate(request_list(body.get("tools"), "tools")):
         if not isinstance(tool, dict):
             raise BadRequest(f"tools[{j}] must be an object.", param=f"tools[{j}]")
-        if isinstance(tool.get("description"), str):
-            slots.append(Slot(tool["description"], DEFINITION_ROLE, setter(tool, "description")))
+        field_slot(tool, "description", DEFINITION_ROLE, slots)
         schema_slots(tool.get("input_schema"), DEFINITION_ROLE, slots)
     system = body.get("system")
     if isinstance(system, str):

@@ -26,7 +26,7 @@ from ..errors import BadRequest, UnscannableContent
 from ..placeholders import PlaceholderRestorer
 from ..policy import Policy
 from ..redaction import Slot
-from . import Event, WireApi, listed, openai_usage, request_list, schema_slots, setter
+from . import Event, WireApi, field_slot, listed, openai_usage, request_list, schema_slots, setter
 
 TEXT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
 UNSCANNABLE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "audio", "input_image", "input_file"})
@@ -62,14 +62,11 @@ def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int
                 slots.append(Slot(message[field], role, _setter(message, field)))
         for call in request_list(message.get("tool_calls"), f"messages[{i}].tool_calls"):
             function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                slots.append(Slot(function["arguments"], role, _setter(function, "arguments"), kind="json"))
+            field_slot(function, "arguments", role, slots, kind="json")
         legacy = message.get("function_call")
-        if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
-            slots.append(Slot(legacy["arguments"], role, _setter(legacy, "arguments"), kind="json"))
+        field_slot(legacy, "arguments", role, slots, kind="json")
     unscanned += _prediction_slots(body.get("prediction"), policy, slots)
-    if isinstance(body.get("user"), str):
-        slots.append(Slot(body["user"], None, _setter(body, "user")))
+    field_slot(body, "user", None, slots)
     return slots, unscanned
 
 
@@ -87,8 +84,7 @@ def definition_slots(body: dict[str, Any], slots: list[Slot]) -> None:
         if isinstance(function, dict):
             function_slots(function, slots)
         custom = tool.get("custom")
-        if isinstance(custom, dict) and isinstance(custom.get("description"), str):
-            slots.append(Slot(custom["description"], DEFINITION_ROLE, _setter(custom, "description")))
+        field_slot(custom, "description", DEFINITION_ROLE, slots)
     for j, function in enumerate(request_list(body.get("functions"), "functions")):
         if not isinstance(function, dict):
             raise BadRequest(f"functions[{j}] must be an object.", param=f"functions[{j}]")
@@ -97,15 +93,13 @@ def definition_slots(body: dict[str, Any], slots: list[Slot]) -> None:
     if isinstance(response_format, dict):
         json_schema = response_format.get("json_schema")
         if isinstance(json_schema, dict):
-            if isinstance(json_schema.get("description"), str):
-                slots.append(Slot(json_schema["description"], DEFINITION_ROLE, _setter(json_schema, "description")))
+            field_slot(json_schema, "description", DEFINITION_ROLE, slots)
             schema_slots(json_schema.get("schema"), DEFINITION_ROLE, slots)
 
 
 def function_slots(function: dict[str, Any], slots: list[Slot]) -> None:
     """A function definition's ``description`` and ``parameters`` schema (its ``name`` is an identifier)."""
-    if isinstance(function.get("description"), str):
-        slots.append(Slot(function["description"], DEFINITION_ROLE, _setter(function, "description")))
+    field_slot(function, "description", DEFINITION_ROLE, slots)
     schema_slots(function.get("parameters"), DEFINITION_ROLE, slots)
 
 
@@ -334,10 +328,8 @@ def collect_completion_slots(body: dict[str, Any], policy: Policy) -> tuple[list
                 unscanned += _tokens(policy, "prompt")
     elif prompt is not None:
         raise BadRequest("'prompt' must be a string or an array.", param="prompt")
-    if isinstance(body.get("suffix"), str):
-        slots.append(Slot(body["suffix"], "user", setter(body, "suffix")))
-    if isinstance(body.get("user"), str):
-        slots.append(Slot(body["user"], None, setter(body, "user")))
+    field_slot(body, "suffix", "user", slots)
+    field_slot(body, "user", None, slots)
     return slots, unscanned
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import BadRequest
 from ..policy import Policy
 from ..redaction import Slot
-from . import WireApi, openai_usage, setter
+from . import WireApi, field_slot, openai_usage, setter
 from .chat import ChatStreamRestorer, _tokens
 
 
@@ -34,8 +34,7 @@ def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int
                 raise BadRequest(f"input[{i}] must be a string or token ids.", param=f"input[{i}]")
     else:
         raise BadRequest("'input' must be a string or an array.", param="input")
-    if isinstance(body.get("user"), str):
-        slots.append(Slot(body["user"], None, setter(body, "user")))
+    field_slot(body, "user", None, slots)
     return slots, unscanned
 
 

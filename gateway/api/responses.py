@@ -29,7 +29,7 @@ from ..errors import BadRequest, UnscannableContent
 from ..placeholders import PlaceholderRestorer
 from ..policy import Policy
 from ..redaction import Slot
-from . import Event, WireApi, listed, openai_usage, request_list, schema_slots, setter
+from . import Event, WireApi, field_slot, listed, openai_usage, request_list, schema_slots, setter
 from .chat import DEFINITION_ROLE
 
 UNSCANNABLE = frozenset({"input_image", "input_file", "input_audio", "image", "file"})
@@ -68,8 +68,7 @@ def collect_slots(body: dict[str, Any], policy: Policy) -> tuple[list[Slot], int
             unscanned += _item_slots(item, policy, slots, f"input[{i}]")
     elif value is not None:
         raise BadRequest("'input' must be a string or an array of items.", param="input")
-    if isinstance(body.get("user"), str):
-        slots.append(Slot(body["user"], None, setter(body, "user")))
+    field_slot(body, "user", None, slots)
     return slots, unscanned
 
 
@@ -85,8 +84,7 @@ def _definition_slots(body: dict[str, Any], slots: list[Slot]) -> None:
     text = body.get("text")
     json_format = text.get("format") if isinstance(text, dict) else None
     if isinstance(json_format, dict) and json_format.get("type") == "json_schema":
-        if isinstance(json_format.get("description"), str):
-            slots.append(Slot(json_format["description"], DEFINITION_ROLE, setter(json_format, "description")))
+        field_slot(json_format, "description", DEFINITION_ROLE, slots)
         schema_slots(json_format.get("schema"), DEFINITION_ROLE, slots)
 
 
@@ -130,8 +128,7 @@ def _item_slots(item: dict[str, Any], policy: Policy, slots: list[Slot], where: 
                 unscanned += _part_slots(part, "tool", policy, slots, f"{where}.output[{j}]")
     elif kind == "reasoning":
         for part in request_list(item.get("summary"), f"{where}.summary"):
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                slots.append(Slot(part["text"], "assistant", setter(part, "text")))
+            field_slot(part, "text", "assistant", slots)
     return unscanned
 
 
