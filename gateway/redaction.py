@@ -301,7 +301,7 @@ def _name_parts(entity_type: str, value: str) -> tuple[str, ...]:
         return ()
     words: list[str] = []
     for word in value.split():
-        owner = re.sub(r"['’]s$", "", word)
+        owner = _POSSESSIVE.sub("", word)
         words.append(owner)
         if owner != word:
             break  # "Daniel Payne's Cautionary Tales": the name ends at its possessive
@@ -372,6 +372,7 @@ def _propagate(slots: Sequence[Slot], spans: list[list[Span]]) -> list[list[Span
 
 
 _WORDS = re.compile(r"\w+")
+_POSSESSIVE = re.compile(r"['’]s$")
 
 
 def _whole_word_occurrences(text: str, needle: str) -> Iterator[int]:

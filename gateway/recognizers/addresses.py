@@ -177,7 +177,7 @@ def _complete(text: str, start: int, end: int, score: float, *, has_unit: bool =
         first = part.group("part").split()[0]
         if _bare(first) in _NOT_PLACES and not first.isupper():  # "Regards", but "THE LAURELS"
             break
-        label = _LABEL_REST.match(text, part.end()) and not re.search(r"\d", part.group("part"))
+        label = _LABEL_REST.match(text, part.end()) and not any(c.isdecimal() for c in part.group("part"))
         if label and "\n" in text[end : part.start("part")]:
             break  # "Tallinn office: ...": the next line is a label, not a locality
         end, found = part.end(), True
@@ -428,7 +428,7 @@ def _name_tokens_ok(name: str) -> bool:
 def _check_postcode_anchored(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
     if not _name_tokens_ok(m.string[start : m.end("name")]):
         return None
-    num = int(re.sub(r"\D.*", "", m.group("num")) or "0")
+    num = int(_house_digits(m.group("num")) or "0")
     if num == 0 or 1900 <= num <= 2100:
         return None
     return _complete(m.string, start, end, 0.7)
@@ -437,9 +437,9 @@ def _check_postcode_anchored(m: re.Match[str], start: int, end: int) -> tuple[in
 def _check_name_number_locality(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
     if not _name_tokens_ok(m.string[start : m.end("name")]):
         return None
-    if not any(_unknown_word(t) or _bare(t) in FOREIGN_TYPES for t in m.string[start : m.end("name")].split()):
+    if not _foreign_name(m.string[start : m.end("name")].split()):
         return None  # "Windows 10 / Redmond, WA 98052": English words and a number
-    num = int(re.sub(r"\D.*", "", m.group("num")) or "0")
+    num = int(_house_digits(m.group("num")) or "0")
     if num == 0:
         return None
     return _complete(m.string, start, end, 0.5)
@@ -512,9 +512,9 @@ def _check_cued_name_number(m: re.Match[str], start: int, end: int) -> tuple[int
         return None  # "Via", "Rue" are street types here, not English words
     if m.group("cue").lower() == "and" and not _after_corner(m):
         return None
-    if not any(_unknown_word(t) or _bare(t) in FOREIGN_TYPES for t in tokens):
+    if not _foreign_name(tokens):
         return None  # "ship to Android 14", "send to Team 2": English words and a number are no street
-    digits = re.sub(r"\D.*", "", m.group("num"))
+    digits = _house_digits(m.group("num"))
     if len(digits) == 1 and not all(_unknown_word(t) for t in tokens):
         return None  # one digit only after words English does not know ("Parkring 7")
     num = int(digits or "0")
@@ -525,6 +525,19 @@ def _check_cued_name_number(m: re.Match[str], start: int, end: int) -> tuple[int
 
 def _unknown_word(word: str) -> bool:
     return lexicon().unknown(_bare(word))
+
+
+def _foreign_name(tokens: list[str]) -> bool:
+    """A street name without a type word needs a word English does not know, or a foreign street word."""
+    return any(_unknown_word(t) or _bare(t) in FOREIGN_TYPES for t in tokens)
+
+
+_AFTER_DIGITS = re.compile(r"\D.*")
+
+
+def _house_digits(number: str) -> str:
+    """The leading digits of a house number: "112a" -> "112", "1511/230" -> "1511"."""
+    return _AFTER_DIGITS.sub("", number)
 
 
 def _after_corner(m: re.Match[str]) -> bool:
