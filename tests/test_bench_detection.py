@@ -9,6 +9,7 @@ from bench.chat_prompts import Span, chat_samples
 from bench.detection import (
     SCORED,
     Options,
+    _clean_generated,
     evaluator_samples,
     kept_labels,
     leaked,
@@ -170,3 +171,14 @@ def test_the_command_line_streams_and_writes_the_reports(tmp_path: Path) -> None
     page = out.read_text(encoding="utf-8")
     assert "| label | n | leak % gateway | leak % stock |" in page
     assert "--sentences 12 --chat 6 --seed 42 --stream" in page
+
+
+def test_the_generators_missing_values_are_dropped_and_the_spans_follow() -> None:
+    text = "Ship to 12 Main St\\nFitzroy, nan 99562 or HOLUM nan\\n, nan\\n 60394. Thanks nancy."
+    street = text.index("12 Main St"), text.index(" or")
+    place = text.index("HOLUM"), text.index(". Thanks")
+    cleaned, spans = _clean_generated(text, [(*street, "STREET_ADDRESS"), (*place, "GPE")])
+    assert cleaned == "Ship to 12 Main St\nFitzroy, 99562 or HOLUM\n 60394. Thanks nancy."
+    assert [cleaned[s.start : s.end] for s in spans] == ["12 Main St\nFitzroy, 99562", "HOLUM\n 60394"]
+    kept, _ = _clean_generated(text, [(*street, "STREET_ADDRESS")], keep_nan=True)
+    assert kept == text.replace("\\n", "\n")

@@ -149,11 +149,30 @@ def _bare(token: str) -> str:
 _LABEL_REST = re.compile(r"[ \t]{1,3}[a-z][\w \t]{0,30}:")
 
 
+#: A cross street named before the street, without "the corner of": "meet at Oak and 1200 Main St", "it is
+#: Elm & Kerry Way". One capitalised word and ``and``/``&`` directly before the street, after a word that
+#: leads to a place (or a colon, a question, or the start of a line).
+_CROSS_BEFORE = re.compile(
+    rf"(?:^|(?<=[:\n?!])|(?i:\b(?:at|to|on|of|is|in|near|by|via|from|with)))[ \t]{{0,3}}"
+    rf"(?P<word>[{_CAPITAL}][\w'’-]{{1,30}})[ \t]{{1,3}}(?:and|&)[ \t]{{1,3}}$",
+    re.MULTILINE,
+)
+
+
+def _cross_before(text: str, start: int) -> int:
+    """Where the street starting at ``start`` begins once a cross street named before it is taken in."""
+    m = _CROSS_BEFORE.search(text, max(0, start - 48), start)
+    if m is None or _bare(m.group("word")) in FUNCTION_WORDS | _NOT_PLACES | UNIT_WORDS:
+        return start
+    return m.start("word")
+
+
 def _complete(text: str, start: int, end: int, score: float, *, has_unit: bool = False) -> tuple[int, int, float]:
-    """Widen a street to its house number, unit and locality lines, and score what was found around it."""
+    """Widen a street to its house number, cross street, unit and locality lines, and score what was found around it."""
     lead = _LEADING_NUMBER.search(text, max(0, start - 12), start)
     if lead is not None:
         start = lead.start()
+    start = _cross_before(text, start)
     if text[end - 1 : end].isdigit() and text[end : end + 1] == "." and text[end + 1 : end + 2] in (",", "\n", "\r"):
         end += 1  # the dot of an ordinal house number before the locality: "Kárpát u. 6., Budapest"
     for _ in range(2):  # "Suite 629 Suite 680", "Piso 3 Puerta B"
@@ -591,6 +610,21 @@ def _check_intersection(m: re.Match[str], start: int, end: int) -> tuple[int, in
     return _complete(m.string, start, stop, 0.7)
 
 
+#: A street named without a number, after a word that places something on it: "the clubs on Amelia Center
+#: Street", "a flat off Kingsland Road". Only the spelled-out types that name nothing but a street, capitalised.
+_NAMED_STREET = re.compile(
+    r"(?i:\b(?:on|along|off|down|up|at|into|onto|near|to|from|via))[ \t]{1,3}"
+    rf"(?P<name>[{_CAPITAL}][\w'’-]{{1,30}}(?:[ \t][{_CAPITAL}][\w'’-]{{1,30}}){{0,2}})"
+    r"[ \t](?:Street|Road|Avenue|Lane|Boulevard|Terrace|Crescent|Parkway)(?![\w'’-])"
+)
+
+
+def _check_named_street(m: re.Match[str], start: int, end: int) -> tuple[int, int, float] | None:
+    if not _name_tokens_ok(m.group("name")) or any(_bare(t) in _NOT_PLACES for t in m.group("name").split()):
+        return None
+    return _complete(m.string, m.start("name"), end, 0.5)
+
+
 def _suffix_type(token: str) -> bool:
     bare = _bare(token)
     return len(bare) > 5 and bare.endswith(STRONG_SUFFIXES)
@@ -629,6 +663,8 @@ RULES: tuple[Rule, ...] = (
     Rule("street_number_name_unit", _NUMBER_NAME_UNIT, 0.5, _check_number_name_unit),
     Rule("street_name_number_after_cue", _CUED_NAME_NUMBER, 0.5, _check_cued_name_number),
     Rule("street_intersection", _INTERSECTION, 0.7, _check_intersection, prefilter=("corner",)),
+    Rule("street_named", _NAMED_STREET, 0.5, _check_named_street,
+         prefilter=("street", "road", "avenue", "lane", "boulevard", "terrace", "crescent", "parkway")),
     Rule("street_unit_line", _UNIT_LINE, 0.5, _check_unit_line, prefilter=("apt", "apartment", "suite", "ste", "flat")),
     Rule("po_box", _PO_BOX, 0.7, _check_simple(0.7), prefilter=_PO_BOX_WORDS),
     Rule("military_address", _MILITARY, 0.8, _check_simple(0.8), prefilter=("apo ", "fpo ", "dpo ")),

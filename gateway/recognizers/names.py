@@ -33,6 +33,7 @@ from typing import Any
 
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 
+from ..lexicons import lexicon
 from .rules import RuleRecognizer, phrase_regex, words
 
 ENTITY = "PERSON"
@@ -696,14 +697,24 @@ def _name_parts(text: str, names: list[tuple[int, int]]) -> Iterator[tuple[int, 
 
 
 _LIST_ITEM = rf"{_CAP_START}{_CAP_REST}"
-#: "Lapresse, Morris and Wright": three or more capitalised words in a list.
+#: "Lapresse, Morris and Wright", "Cocci and Rios": capitalised words in a list.
 NAME_LIST = re.compile(
-    rf"{_LIST_ITEM}(?:[ \t]*,[ \t]*{_CAPITALISED}){{1,8}},?[ \t]+(?:and|&|und|et|y|e|or)[ \t]+{_CAPITALISED}(?![\w'’-])"
+    rf"{_LIST_ITEM}(?:[ \t]*,[ \t]*{_CAPITALISED}){{0,8}},?[ \t]+(?:and|&|und|et|y|e|or)[ \t]+{_CAPITALISED}(?![\w'’-])"
 )
 
 
+_MORE_AFTER = re.compile(r"[ \t]+[A-Z0-9]")
+_MORE_BEFORE = re.compile(r"[A-Z][\w'’-]*[ \t]+$")
+
+
 def _name_lists(text: str, names: list[tuple[int, int]], tokens: dict[int, Any]) -> Iterator[tuple[int, int]]:
-    """The other items of a list of single words one of which is a name found by a rule or by spaCy."""
+    """The other items of a list of single words one of which is a name.
+
+    A name here is one a rule or spaCy found, or, in a list of three or more, a given name or surname of
+    the census lists that is no English word ("Floyd, Hernandez and White"). A pair ("Cocci and Rios") is
+    a weaker list: it needs a name found by a rule or spaCy, and its other item must be tagged a proper noun.
+    """
+    lex = lexicon()
     for m in NAME_LIST.finditer(text):
         items = [(w.start(), w.end()) for w in _NAME_WORD.finditer(m.group())]
         items = [
@@ -711,15 +722,35 @@ def _name_lists(text: str, names: list[tuple[int, int]], tokens: dict[int, Any])
             for a, b in items
             if m.group()[a:b] not in ("and", "und", "et", "y", "e", "or")
         ]
-        if not any(any(s <= a < e for s, e in names) for a, _ in items):
+        if len(items) == 2 and (
+            _MORE_AFTER.match(text, m.end()) or _MORE_BEFORE.search(text, max(0, m.start() - 40), m.start())
+        ):
+            continue  # "Helm and Argo CD": a pair inside longer proper nouns is no pair of names
+        in_names = [any(s <= a < e for s, e in names) for a, _ in items]
+        if not any(in_names) and (
+            len(items) == 2
+            or not any(
+                (w in lex.given or w in lex.surnames) and w not in lex.wordy
+                for w in (text[a:b].lower() for a, b in items)
+            )
+        ):
             continue
-        for a, b in items:
+        for (a, b), known in zip(items, in_names, strict=True):
             word = text[a:b]
             token = tokens.get(a)
-            if word.lower() in NOT_NAMES or (token is not None and token.ent_type_ in _VETO_LABELS | {"GPE", "ORG"}):
+            if (
+                known
+                or word.lower() in NOT_NAMES
+                or (token is not None and token.ent_type_ in _VETO_LABELS | {"GPE", "ORG"})
+            ):
                 continue
-            if not any(s <= a < e for s, e in names):
-                yield a, b
+            if len(items) == 2:
+                if token is None:
+                    continue
+                tag_tokens(token.doc, [token.i])
+                if pos(token) != "PROPN":
+                    continue
+            yield a, b
 
 
 def _is_particle(word: str) -> bool:
