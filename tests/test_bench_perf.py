@@ -18,6 +18,7 @@ from bench.perf import (
     BEGIN,
     END,
     LABELS,
+    RELAY_TARGETS,
     Conversation,
     TextPool,
     chat_body,
@@ -114,18 +115,25 @@ def test_quick_run_prints_every_table_with_every_row(tmp_path: Path) -> None:
         "## Fresh ~700-character messages",
         "-turn conversations",
         "## Streams of",
+        "prompt analysed before (the relay)",
         "## Throughput at concurrency 8 with detection",
     ):
         assert heading in report
     fresh = report.split("## Fresh")[1].split("\n## ")[0]
     streams = report.split("## Streams of")[1].split("\n## ")[0]
+    relay = report.split("prompt analysed before (the relay)")[1].split("\n## ")[0]
     for concurrency in (1, 8, 32):
         for key in ("direct", "proxy", "gateway", "stock", "litellm"):
             assert f"| {concurrency} | {LABELS[key]} |" in fresh
             assert f"| {concurrency} | {LABELS[key]} |" in streams
+            assert (f"| {concurrency} | {LABELS[key]} |" in relay) == (key in RELAY_TARGETS)
     assert f"| 8 | {LABELS['gateway_1w']} |" in fresh
     # The gateway gave the answer back as the client sent it: the personal data was put back.
     startup = report.split("## Targets")[0]
     gateway_row = next(line for line in startup.splitlines() if line.startswith(f"| {LABELS['gateway']} |"))
     assert "| as sent |" in gateway_row
-    assert "errors:" not in fresh and "errors:" not in streams
+    assert "errors:" not in fresh and "errors:" not in streams and "errors:" not in relay
+    # The stream-throughput bar shows both figures, and is judged on the relay.
+    targets = report.split("## Targets of the issue")[1].split("\n## ")[0]
+    bar = next(line for line in targets.splitlines() if "-chunk streams at concurrency 8" in line)
+    assert "judged on the relay" in bar and "| relay " in bar and "; fresh prompt " in bar

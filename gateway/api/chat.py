@@ -157,12 +157,14 @@ def message_contents(body: dict[str, Any]) -> list[str]:
 def delta_contents(chunk: dict[str, Any]) -> list[tuple[int, str]]:
     """A stream chunk's content pieces per choice index: the stream form of ``message_contents``."""
     out = []
-    for choice in listed(chunk.get("choices")):
-        if not isinstance(choice, dict) or not isinstance(choice.get("index", 0), int):
+    for choice in listed(chunk.get("choices")):  # runs for every event of a remembered stream: lookups once
+        if not isinstance(choice, dict):
             continue
-        delta = choice.get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            out.append((choice.get("index", 0), delta["content"]))
+        index, delta = choice.get("index", 0), choice.get("delta")
+        if isinstance(index, int) and isinstance(delta, dict):
+            content = delta.get("content")
+            if isinstance(content, str):
+                out.append((index, content))
     return out
 
 
@@ -254,8 +256,9 @@ class ChatStreamRestorer:
 
     def _feed_delta(self, index: int, delta: dict[str, Any]) -> None:
         for field in TEXT_FIELDS:
-            if isinstance(delta.get(field), str):
-                delta[field] = self._restorer((index, field, 0)).feed(delta[field])
+            value = delta.get(field)
+            if isinstance(value, str):
+                delta[field] = self._restorer((index, field, 0)).feed(value)
         for call in listed(delta.get("tool_calls")):
             if not isinstance(call, dict):
                 continue
