@@ -122,7 +122,10 @@ def create_app(
             workers=settings.detector.workers,
             timeout=settings.detector.timeout_seconds,
             cache_entries=settings.detector.cache_entries,
+            cache_mib=settings.detector.cache_mib,
             disable=tuple(settings.nlp.disable),
+            recycle_after_jobs=settings.detector.recycle_after_jobs,
+            recycle_above_mib=settings.detector.recycle_above_mib,
         )
     metrics = Metrics(
         registry,
@@ -131,6 +134,8 @@ def create_app(
         tenants=settings.metrics.tenants,
         enabled=settings.metrics.enabled,
     )
+    if isinstance(detector, PresidioDetector):
+        metrics.watch_detector(detector)
     policy_holder = PolicyHolder(book)
     key_holder = KeyHolder(KeyRing.load(settings.resolved_keys_file()))
     reloader = Reloader(

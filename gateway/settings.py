@@ -83,6 +83,15 @@ class DetectorSettings(_Model):
     timeout_seconds: float = Field(default=10.0, gt=0)
     #: Analysed texts kept in memory (never on disk), so a re-sent conversation is not analysed again.
     cache_entries: int = Field(default=20_000, ge=0)
+    #: The same cache's memory bound, in MiB (0: entries only). An entry costs about 200 bytes plus 20 a
+    #: finding (a 700-character message with 16 findings: ~520 bytes), so 20,000 such take ~10 MiB.
+    cache_mib: float = Field(default=32, ge=0)
+    #: A worker is replaced by a fresh one after this many jobs (plus up to a tenth, so that workers do not
+    #: retire together); 0 never. The replacement loads the model first; no request waits or fails for it.
+    recycle_after_jobs: int = Field(default=100_000, ge=0)
+    #: A worker whose resident memory passes this many MiB after a job is replaced the same way; 0 never.
+    #: A worker with en_core_web_sm takes about 190 MiB after start and stays near 200 MiB.
+    recycle_above_mib: float = Field(default=0, ge=0)
 
 
 class UpstreamTimeouts(_Model):

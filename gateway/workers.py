@@ -12,6 +12,14 @@ a fresh one, where an executor would keep computing a result nobody waits for.
 
 Failures never carry text: a job that raises reports only its exception's type name, because
 exception messages may quote the input.
+
+Recycling, as gunicorn's ``max_requests`` or Celery's ``worker_max_memory_per_child`` do it: a worker that
+has run ``max_jobs`` jobs (plus up to a tenth more, so that workers started together do not all retire
+together), or whose resident memory passed ``max_rss_mib`` after a job, is replaced. The replacement is
+started first; the old worker keeps taking jobs until the replacement is ready, then takes no more and
+exits once its job in hand is answered. No job fails or waits on a worker that is not ready because of a
+recycle, even with one worker. Whatever a long-lived process accumulates (spaCy's string store, caches,
+fragmented heap) goes with it.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,15 +51,30 @@ class WorkerDied(WorkerError):
     """The worker running a job exited or was killed before answering."""
 
 
-def _serve(conn: Connection, initializer: Callable[[], object] | None) -> None:
-    """A worker's whole life: initialise, say so, then run jobs one at a time until told to stop."""
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc``; elsewhere its peak, which only errs early)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _serve(conn: Connection, initializer: Callable[[], object] | None, max_rss: int = 0) -> None:
+    """A worker's whole life: initialise, say so, then run jobs one at a time until told to stop.
+
+    Every answer is ``(ok, payload, over)``: ``over`` says that the worker's memory passed ``max_rss``
+    bytes (0: never checked), so that the parent replaces it.
+    """
     try:
         if initializer is not None:
             initializer()
     except BaseException as exc:  # noqa: BLE001 - reported by type to the parent, which fails closed
-        conn.send((False, type(exc).__name__))
+        conn.send((False, type(exc).__name__, False))
         return
-    conn.send((True, _READY))
+    conn.send((True, _READY, False))
     while True:
         try:
             message = conn.recv()
@@ -61,9 +86,10 @@ def _serve(conn: Connection, initializer: Callable[[], object] | None) -> None:
         try:
             result = fn(*args)
         except BaseException as exc:  # noqa: BLE001 - as above
-            conn.send((False, type(exc).__name__))
+            result, ok = type(exc).__name__, False
         else:
-            conn.send((True, result))
+            ok = True
+        conn.send((ok, result, max_rss > 0 and rss_bytes() > max_rss))
 
 
 @dataclass(eq=False)
@@ -78,17 +104,35 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     ready: asyncio.Future[None]
+    #: Jobs answered, and how many this worker runs before it is replaced (0: no limit).
+    jobs: int = 0
+    job_limit: int = 0
     job: _Job | None = None
+    #: The worker this one was started to replace, until this one is ready.
+    replaces: _Worker | None = None
+    #: A replacement is starting: this worker serves on until it is ready.
+    retiring: bool = False
+    #: The replacement is ready: no more jobs; the worker exits once its job in hand is answered.
+    draining: bool = False
 
 
 @dataclass(eq=False)
 class WorkerPool:
-    """``size`` spawned processes, each running ``initializer`` once, then jobs from ``submit``."""
+    """``size`` spawned processes, each running ``initializer`` once, then jobs from ``submit``.
+
+    ``max_jobs`` and ``max_rss_mib`` (0: no limit) recycle a worker (see the module's docstring).
+    """
 
     size: int
     initializer: Callable[[], object] | None = None
+    max_jobs: int = 0
+    max_rss_mib: float = 0
+    #: Workers replaced so far because of ``max_jobs`` or ``max_rss_mib``.
+    recycled: int = 0
     _workers: list[_Worker] = field(default_factory=list)
     _queue: deque[_Job] = field(default_factory=deque)
+    #: Workers told to stop, not yet reaped.
+    _stopped: list[BaseProcess] = field(default_factory=list)
     _closed: bool = False
 
     async def start(self) -> None:
@@ -133,47 +177,84 @@ class WorkerPool:
         for worker in workers:
             await loop.run_in_executor(None, _stop, worker.process)
             worker.conn.close()
+        stopped, self._stopped = self._stopped, []
+        for process in stopped:
+            await loop.run_in_executor(None, _stop, process)
 
     # --- internals ---------------------------------------------------------------------------------
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, replaces: _Worker | None = None) -> _Worker:
         loop = asyncio.get_running_loop()
+        self._stopped = [p for p in self._stopped if p.exitcode is None]  # reaped by ``exitcode``
         parent, child = multiprocessing.Pipe(duplex=True)
+        max_rss = int(self.max_rss_mib * 1024 * 1024)
         process = multiprocessing.get_context("spawn").Process(
-            target=_serve, args=(child, self.initializer), name="pii-gateway-detector", daemon=True
+            target=_serve, args=(child, self.initializer, max_rss), name="pii-gateway-detector", daemon=True
         )
         process.start()
         child.close()
-        worker = _Worker(process, parent, loop.create_future())
+        limit = self.max_jobs + random.randrange(self.max_jobs // 10 + 1) if self.max_jobs > 0 else 0  # noqa: S311 - jitter
+        worker = _Worker(process, parent, loop.create_future(), job_limit=limit, replaces=replaces)
         self._workers.append(worker)
         loop.add_reader(parent.fileno(), self._on_readable, worker)
         return worker
 
     def _on_readable(self, worker: _Worker) -> None:
         try:
-            ok, payload = worker.conn.recv()
+            ok, payload, over = worker.conn.recv()
         except (EOFError, OSError):
             started = worker.ready.done() and worker.ready.exception() is None
-            if started:
+            if started and not worker.draining:
                 log.error("a detector worker exited (code %s); restarting it", worker.process.exitcode)
-            self._replace(worker, WorkerDied("exited"), respawn=started)
+            self._replace(worker, WorkerDied("exited"), respawn=started and not worker.draining)
             return
         if not worker.ready.done():
+            old, worker.replaces = worker.replaces, None
             if ok:
                 worker.ready.set_result(None)
+                if old is not None:
+                    self._drain(old)
             else:
                 # It exits next; not restarted, since a fresh one would fail the same way.
                 log.error("a detector worker failed to start (%s)", payload)
                 worker.ready.set_exception(WorkerError(str(payload)))
+                if old is not None:  # the old worker serves on, and tries again after as many jobs
+                    old.retiring, old.jobs = False, 0
             self._dispatch()
             return
         job, worker.job = worker.job, None
+        worker.jobs += 1
         if job is not None and not job.future.done():
             if ok:
                 job.future.set_result(payload)
             else:
                 job.future.set_exception(WorkerError(str(payload)))
+        if worker.draining:
+            self._stop_worker(worker)
+        elif not worker.retiring and (over or (worker.job_limit > 0 and worker.jobs >= worker.job_limit)):
+            log.info("recycling a detector worker after %d jobs", worker.jobs)
+            worker.retiring = True
+            self.recycled += 1
+            if not self._closed:
+                self._spawn(replaces=worker)
         self._dispatch()
+
+    def _drain(self, worker: _Worker) -> None:
+        """``worker``'s replacement is ready: it takes no more jobs and stops once it has none."""
+        if worker not in self._workers:
+            return
+        worker.draining = True
+        if worker.job is None:
+            self._stop_worker(worker)
+
+    def _stop_worker(self, worker: _Worker) -> None:
+        """Let an idle worker exit on its own; reaped later (``_spawn``, ``close``), never waited for here."""
+        self._detach(worker, WorkerError("recycled"))
+        self._workers.remove(worker)
+        with contextlib.suppress(OSError, ValueError):
+            worker.conn.send(None)
+        worker.conn.close()
+        self._stopped.append(worker.process)
 
     def _dispatch(self) -> None:
         if not self._workers:
@@ -185,7 +266,7 @@ class WorkerPool:
         for worker in self._workers:
             if not self._queue:
                 return
-            if worker.job is not None or not worker.ready.done() or worker.ready.exception() is not None:
+            if worker.job is not None or worker.draining or not worker.ready.done() or worker.ready.exception():
                 continue
             while self._queue:
                 job = self._queue.popleft()
@@ -214,6 +295,14 @@ class WorkerPool:
         self._detach(worker, error)
         if worker in self._workers:
             self._workers.remove(worker)
+        if worker.retiring:  # its replacement is already starting
+            respawn = False
+        for other in self._workers:  # a replacement that dies before it is ready stands in for nobody
+            if other.replaces is worker:
+                other.replaces = None
+        if worker.replaces is not None:  # the worker it was to replace serves on
+            worker.replaces.retiring, worker.replaces.jobs = False, 0
+            worker.replaces = None
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join(timeout=0)  # reaped later by multiprocessing if it has not exited yet

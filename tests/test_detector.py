@@ -1,13 +1,31 @@
-"""The detector's NLP layer with the trimmed spaCy pipeline: lemmas, keywords and context still work."""
+"""The detector's NLP layer with the trimmed spaCy pipeline: lemmas, keywords and context still work.
+
+Also what keeps a long-running detector's memory flat: the memory zone around each analysis, the findings
+cache's byte budget (and how well it counts), and workers recycled without a wrong or lost answer.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
+import tracemalloc
 from typing import Any
 
 import pytest
 
-from gateway.detector import DISABLED_COMPONENTS, build_engine, keep_tldextract_offline, load_nlp
+from gateway.detector import (
+    DISABLED_COMPONENTS,
+    DetectionSpec,
+    Finding,
+    PresidioDetector,
+    _Cache,
+    _cache_key,
+    analyze_rows,
+    build_engine,
+    keep_tldextract_offline,
+    load_nlp,
+)
 from gateway.recognizers.names import LAZY_TAGGER, pos, tag_tokens
 from tests.conftest import MODEL
 
@@ -154,3 +172,115 @@ def test_tokens_tagged_in_windows_get_the_whole_docs_tags(engine: Any) -> None:
         assert not all(t.tag_ for t in doc)
         pos(doc[0])  # and the rest on demand, as before
         assert [t.tag_ for t in doc] == [t.tag_ for t in full]
+
+
+# --- Memory over a long run ---------------------------------------------------------------------------
+
+
+def fresh_texts(count: int, seed: int) -> list[str]:
+    """Texts full of words no vocabulary has seen: invented names, addresses and numbers."""
+    rng = random.Random(seed)
+
+    def word() -> str:
+        return "".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4)))
+
+    return [
+        f"Please ask {word().title()} {word().title()} at {word()}.{word()}@{word()}.org or call "
+        f"415-555-{rng.randint(1000, 9999)}; the parcel goes to {rng.randint(1, 999)} {word().title()} Street."
+        for _ in range(count)
+    ]
+
+
+def test_an_analysis_leaves_the_vocabulary_as_it_found_it(engine: Any) -> None:
+    spec = DetectionSpec(regions=("US",))
+    nlp = load_nlp(MODEL, DISABLED_COMPONENTS)
+    analyze_rows(MODEL, ["warm up: John Smith, 415-555-0100"], spec, DISABLED_COMPONENTS)
+    before = len(nlp.vocab.strings)
+    texts = fresh_texts(40, seed=1)
+    rows = analyze_rows(MODEL, texts, spec, DISABLED_COMPONENTS)
+    # Without the memory zone every new word stayed in the string store: ~14 KiB a fresh text, for ever.
+    assert len(nlp.vocab.strings) == before
+    # And the findings are those of the same engine analysing outside a zone.
+    for text, found in zip(texts, rows, strict=True):
+        expected = [
+            (r.start, r.end, r.entity_type, float(r.score), r.recognition_metadata["recognizer_name"])
+            for r in engine.analyze(text=text, language="en")
+        ]
+        assert sorted(found) == sorted(expected)
+    assert any(found for found in rows)
+
+
+def sample_findings(rng: random.Random, count: int) -> list[Finding]:
+    types = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "LOCATION", "US_SSN")
+    return [
+        Finding(rng.randrange(10_000), rng.randrange(10_000), rng.choice(types), rng.random(), rng.choice(types) + "R")
+        for _ in range(count)
+    ]
+
+
+def test_the_cache_counts_what_its_entries_really_cost() -> None:
+    rng = random.Random(3)
+    cache = _Cache(capacity=1_000_000)
+    cache.put(_cache_key("names", b"k"), sample_findings(rng, 50))  # every name in the table already
+    batch = [(f"text {i}", sample_findings(rng, rng.randrange(30))) for i in range(5_000)]
+    counted_before = cache.size_bytes
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for text, findings in batch:
+            cache.put(_cache_key(text, b"k"), findings)
+        measured = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    counted = cache.size_bytes - counted_before
+    assert 0.85 <= measured / counted <= 1.15, (measured, counted)
+
+
+def test_the_cache_stays_within_its_byte_budget_and_drops_the_oldest_first() -> None:
+    rng = random.Random(4)
+    cache = _Cache(capacity=1_000_000, budget_bytes=100_000)
+    written = {}
+    for i in range(2_000):
+        key = _cache_key(f"text {i}", b"k")
+        written[key] = sample_findings(rng, rng.randrange(1, 20))
+        cache.put(key, written[key])
+        assert cache.size_bytes <= 100_000
+        if i == 10:
+            assert cache.get(_cache_key("text 0", b"k")) == written[_cache_key("text 0", b"k")]
+    assert sum(_Cache.cost(k, v) for k, v in cache.entries.items()) == cache.size_bytes
+    assert 100 < len(cache.entries) < 2_000
+    # What is left is the newest, and comes back exactly as it went in.
+    kept = list(cache.entries)
+    assert kept == list(written)[-len(kept) :]
+    for key in kept:
+        assert cache.get(key) == written[key]
+    # An entry larger than the whole budget is not cached (and pushes nothing out).
+    cache.put(_cache_key("huge", b"k"), sample_findings(rng, 10_000))
+    assert list(cache.entries) == kept
+
+
+def test_the_cache_still_bounds_its_entries() -> None:
+    cache = _Cache(capacity=3)
+    for i in range(10):
+        cache.put(_cache_key(str(i), b"k"), [])
+    assert [cache.get(_cache_key(str(i), b"k")) for i in range(10)] == [None] * 7 + [[], [], []]
+
+
+async def test_a_recycled_worker_answers_as_the_first_one_did() -> None:
+    texts = fresh_texts(2, seed=5)
+    detector = PresidioDetector(MODEL, workers=1, timeout=120, cache_entries=0, recycle_after_jobs=1)
+    await detector.start([("US",)])
+    try:
+        spec = DetectionSpec(regions=("US",))
+        first = await detector.analyze(texts, spec)
+        answers = [first]
+        # The worker retires after each job; its replacement starts while it serves on. Two recycles mean
+        # that a replacement has answered too; no analysis failed on the way.
+        async with asyncio.timeout(240):
+            while detector.recycled_workers < 2:
+                answers.append(await detector.analyze(texts, spec))
+                await asyncio.sleep(0.05)
+        assert all(answer == first for answer in answers)
+        assert any(first)
+    finally:
+        await detector.close()

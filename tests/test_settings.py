@@ -22,6 +22,16 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
     assert load_settings({}, environ=env, config_file=config).port == 7100
 
 
+def test_worker_recycling_and_the_cache_budget_are_settings(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text("detector: {recycle_after_jobs: 500, cache_mib: 8}\n")
+    env = {"PII_GATEWAY_DETECTOR__RECYCLE_ABOVE_MIB": "400"}
+    s = load_settings({}, environ=env, config_file=config)
+    assert (s.detector.recycle_after_jobs, s.detector.recycle_above_mib, s.detector.cache_mib) == (500, 400, 8)
+    defaults = load_settings({}, environ={}).detector
+    assert (defaults.recycle_after_jobs, defaults.recycle_above_mib, defaults.cache_mib) == (100_000, 0, 32)
+
+
 def test_config_file_from_environment(tmp_path: Path) -> None:
     config = tmp_path / "gw.yaml"
     config.write_text("log_level: DEBUG\n")
@@ -36,6 +46,8 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ({}, {"PII_GATEWAY_UPSTREAM": "https://user:pw@x/v1"}, "must not carry credentials"),
         ({}, {"PII_GATEWAY_DETECTOR__WORKERS": "-2"}, "setting 'detector.workers'"),
         ({}, {"PII_GATEWAY_DETECTOR__WROKERS": "2"}, "setting 'detector.wrokers' (from environment"),
+        ({}, {"PII_GATEWAY_DETECTOR__RECYCLE_AFTER_JOBS": "-1"}, "setting 'detector.recycle_after_jobs'"),
+        ({}, {"PII_GATEWAY_DETECTOR__CACHE_MIB": "lots"}, "setting 'detector.cache_mib'"),
         ({"log_level": "loud"}, {}, "setting 'log_level'"),
     ],
 )

@@ -111,3 +111,59 @@ async def test_close_fails_what_is_still_queued() -> None:
             await future
     with pytest.raises(WorkerError):
         pool.submit(square, 2)
+
+
+async def pids_until_changed(pool: WorkerPool, first: int, within: float = 60) -> list[int]:
+    """Submit ``pid`` jobs until one runs in another process than ``first``: every job must succeed."""
+    seen = [first]
+    async with asyncio.timeout(within):
+        while seen[-1] == first:
+            seen.append(await pool.submit(pid))
+    return seen
+
+
+async def test_a_worker_is_recycled_after_max_jobs_and_no_job_fails() -> None:
+    pool = WorkerPool(1, max_jobs=3)
+    await pool.start()
+    try:
+        first = await pool.submit(pid)
+        # The old worker serves on while its replacement starts: no job waits for the start or fails.
+        seen = await pids_until_changed(pool, first)
+        assert pool.recycled >= 1 and seen[-1] != first
+        assert await asyncio.gather(*(pool.submit(square, i) for i in range(10))) == [i * i for i in range(10)]
+    finally:
+        await pool.close()
+
+
+async def test_jobs_in_flight_during_a_recycle_are_answered() -> None:
+    pool = WorkerPool(1, max_jobs=2)
+    await pool.start()
+    try:
+        # Thirty jobs at once through one worker that retires after two: every one is answered, in order.
+        values = await asyncio.wait_for(asyncio.gather(*(pool.submit(sleep_then, 0.02, i) for i in range(30))), 120)
+        assert values == list(range(30))
+        assert pool.recycled >= 1
+    finally:
+        await pool.close()
+
+
+async def test_a_worker_over_its_memory_limit_is_recycled() -> None:
+    pool = WorkerPool(2, max_rss_mib=1)  # every process is over 1 MiB: each job retires its worker
+    await pool.start()
+    try:
+        first = await pool.submit(pid)
+        seen = await pids_until_changed(pool, first)
+        assert pool.recycled >= 1 and len(set(seen)) >= 2
+        assert await pool.submit(square, 7) == 49
+    finally:
+        await pool.close()
+
+
+async def test_without_limits_a_worker_is_never_recycled() -> None:
+    pool = WorkerPool(1)
+    await pool.start()
+    try:
+        assert len({await pool.submit(pid) for _ in range(50)}) == 1
+        assert pool.recycled == 0
+    finally:
+        await pool.close()
