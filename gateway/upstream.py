@@ -41,6 +41,52 @@ _CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
+class _IdleWatchdog:
+    """Cancels the task reading an upstream body when one read has waited ``timeout`` seconds.
+
+    ``reading()`` before each read and ``idle()`` after it cost a clock read and two stores. One timer
+    runs per reply: when it fires during a read that started less than ``timeout`` ago, it is set again
+    for that read's deadline; when no read is waiting, for ``timeout`` from now. ``fired()`` tells the
+    reader that a cancellation was the watchdog's (and takes it back from the task, as
+    ``asyncio.timeout`` does), so any other cancellation, such as a client going away, stays one.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.timeout = timeout
+        self.since: float | None = None
+        self.expired = False
+        self.handle: asyncio.TimerHandle | None = self.loop.call_at(self.loop.time() + timeout, self._check)
+
+    def reading(self) -> None:
+        self.since = self.loop.time()
+
+    def idle(self) -> None:
+        self.since = None
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if self.since is not None and now - self.since >= self.timeout and self.task is not None:
+            self.expired = True
+            self.handle = None
+            self.task.cancel()
+            return
+        deadline = self.since + self.timeout if self.since is not None else now + self.timeout
+        self.handle = self.loop.call_at(deadline, self._check)
+
+    def fired(self) -> bool:
+        if self.expired and self.task is not None:
+            self.expired = False
+            return self.task.uncancel() == 0
+        return False
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
 @dataclass
 class Reply:
     """An upstream response whose body has not been read yet."""
@@ -57,23 +103,35 @@ class Reply:
         return self.response.headers
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Body chunks as they arrive; raises UpstreamTimeout after ``idle_timeout`` of silence."""
+        """Body chunks as they arrive; raises UpstreamTimeout after ``idle_timeout`` of silence.
+
+        Silence is timed only while a read waits (a slow client the chunk is being written to is not
+        the upstream's silence), by one :class:`_IdleWatchdog` per reply rather than a timer per read:
+        a stream of 300 small events would otherwise create and cancel 300 timers (about 4.5 µs each).
+        """
         content = self.response.content
-        while True:
-            try:
-                async with asyncio.timeout(self.idle_timeout):
+        watchdog = _IdleWatchdog(self.idle_timeout)
+        try:
+            while True:
+                watchdog.reading()
+                try:
                     chunk = await content.readany()
-            except TimeoutError as exc:
-                raise UpstreamTimeout(
-                    "The upstream stopped sending in the middle of the answer.", reason="timeout_stream_idle"
-                ) from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(
-                    "The upstream connection broke in the middle of the answer.", reason="broken_stream"
-                ) from exc
-            if not chunk:
-                return
-            yield chunk
+                except asyncio.CancelledError:
+                    if watchdog.fired():
+                        raise UpstreamTimeout(
+                            "The upstream stopped sending in the middle of the answer.", reason="timeout_stream_idle"
+                        ) from None
+                    raise
+                except aiohttp.ClientError as exc:
+                    raise UpstreamError(
+                        "The upstream connection broke in the middle of the answer.", reason="broken_stream"
+                    ) from exc
+                watchdog.idle()
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            watchdog.stop()
 
     async def read(self, limit: int) -> bytes:
         parts: list[bytes] = []

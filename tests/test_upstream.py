@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import ssl
@@ -22,6 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.app import create_app
 from gateway.detector import PresidioDetector
+from gateway.errors import UpstreamTimeout
 from gateway.settings import (
     RetrySettings,
     Secret,
@@ -32,7 +34,7 @@ from gateway.settings import (
     UpstreamTlsSettings,
 )
 from gateway.tls import ServerTLS
-from gateway.upstream import UpstreamClient, client_headers
+from gateway.upstream import Reply, UpstreamClient, client_headers
 
 Server = Callable[..., Awaitable[TestServer]]
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
@@ -255,3 +257,61 @@ async def test_gateway_serves_tls_1_2_or_later(
     tls.reload()  # rotation: loading again keeps serving
     status, _ = await post(url, ssl=client_ctx)
     assert status == 200
+
+
+# --- the idle watchdog of a streamed body ----------------------------------------------------------
+
+
+class Trickle:
+    """An upstream body in pieces: ``gaps[i]`` seconds of silence before piece i; a gap of None stalls."""
+
+    def __init__(self, gaps: list[float | None]) -> None:
+        self.gaps = gaps
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.body)
+        return app
+
+    async def body(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for i, gap in enumerate(self.gaps):
+            await asyncio.sleep(3600 if gap is None else gap)
+            await response.write(b"piece %d;" % i)
+        await response.write_eof()
+        return response
+
+
+async def read_all(url: str, idle: float, *, pause: float = 0.0) -> list[bytes]:
+    got: list[bytes] = []
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        async for chunk in Reply(response, idle).chunks():
+            got.append(chunk)
+            await asyncio.sleep(pause)  # a slow client being written to
+    return got
+
+
+async def test_an_upstream_silent_for_the_idle_timeout_ends_the_stream(aiohttp_server: Server) -> None:
+    server = await aiohttp_server(Trickle([0, 0, None]).app())
+    with pytest.raises(UpstreamTimeout) as info:
+        await read_all(str(server.make_url("/")), 0.3)
+    assert info.value.reason == "timeout_stream_idle"
+
+
+async def test_only_silence_counts_not_a_long_stream_or_a_slow_client(aiohttp_server: Server) -> None:
+    # Each gap is under the timeout though the whole stream is several times longer than it.
+    server = await aiohttp_server(Trickle([0.1] * 8).app())
+    assert b"".join(await read_all(str(server.make_url("/")), 0.25)).count(b"piece") == 8
+    # The client takes longer than the timeout over each piece: the upstream was not silent meanwhile.
+    server = await aiohttp_server(Trickle([0, 0, 0]).app())
+    assert b"".join(await read_all(str(server.make_url("/")), 0.2, pause=0.3)).count(b"piece") == 3
+
+
+async def test_a_cancellation_that_is_not_the_watchdogs_stays_a_cancellation(aiohttp_server: Server) -> None:
+    server = await aiohttp_server(Trickle([0, None]).app())
+    task = asyncio.create_task(read_all(str(server.make_url("/")), 30))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
