@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .exchange import Exchange
 
@@ -35,6 +38,43 @@ def package_version() -> str:
         return version("pii-gateway")
     except PackageNotFoundError:
         return "unknown"
+
+
+class DetectorStats(Protocol):
+    """What the detector counts for the metrics: read at scrape time, never written here."""
+
+    cache_hits: int
+    cache_misses: int
+
+    @property
+    def cache_bytes(self) -> int: ...
+
+    @property
+    def recycled_workers(self) -> int: ...
+
+
+class _DetectorCollector(Collector):
+    """The detector's own counters, read when Prometheus scrapes (no work on the request path)."""
+
+    def __init__(self, detector: DetectorStats) -> None:
+        self.detector = detector
+
+    def collect(self) -> Iterator[Metric]:
+        d = self.detector
+        lookups = CounterMetricFamily(
+            "gateway_detector_cache_lookups", "Texts looked up in the findings cache, by result.", labels=["result"]
+        )
+        lookups.add_metric(["hit"], d.cache_hits)
+        lookups.add_metric(["miss"], d.cache_misses)
+        yield lookups
+        yield GaugeMetricFamily(
+            "gateway_detector_cache_bytes", "Memory the findings cache holds now (estimated).", value=d.cache_bytes
+        )
+        yield CounterMetricFamily(
+            "gateway_detector_worker_recycles",
+            "Detector workers replaced after detector.recycle_after_jobs jobs or above detector.recycle_above_mib.",
+            value=d.recycled_workers,
+        )
 
 
 class Metrics:
@@ -162,6 +202,11 @@ class Metrics:
             "gateway_build_info", "Always 1; the labels describe the build.", ["version", "python"], registry=r
         )
         self.build_info.labels(package_version(), platform.python_version() or sys.version.split()[0]).set(1)
+
+    def watch_detector(self, detector: DetectorStats) -> None:
+        """Export the detector's cache and worker counters (``gateway_detector_*``)."""
+        if self.enabled:
+            self.registry.register(_DetectorCollector(detector))
 
     def model_label(self, model: str | None) -> str:
         return model if model is not None and model in self.models else OTHER

@@ -59,6 +59,9 @@ FAMILIES: dict[str, tuple[str, set[str]]] = {
     "gateway_added_latency_seconds": ("histogram", {"route"}),
     "gateway_detection_duration_seconds": ("histogram", {"policy"}),
     "gateway_detector_errors": ("counter", {"reason"}),
+    "gateway_detector_cache_lookups": ("counter", {"result"}),
+    "gateway_detector_cache_bytes": ("gauge", set()),
+    "gateway_detector_worker_recycles": ("counter", set()),
     "gateway_entities": ("counter", {"entity_type", "action", "policy"}),
     "gateway_blocked_requests": ("counter", {"entity_type", "policy"}),
     "gateway_placeholders_restored": ("counter", {"route"}),
@@ -190,6 +193,13 @@ async def test_families_types_labels_and_values_after_real_traffic(
         assert found, f"{name} has no sample after the traffic"
         for s in found:
             assert set(s.labels) - ({"le"} if s.name.endswith("_bucket") else set()) == label_names, (name, s)
+
+    # The detector's own counters, read at scrape time: every analysed text was looked up in its cache.
+    lookups = {
+        s.labels["result"]: s.value
+        for s in samples(m, "gateway_detector_cache_lookups", "gateway_detector_cache_lookups_total")
+    }
+    assert set(lookups) == {"hit", "miss"} and lookups["miss"] >= 1
 
     # Requests by route, model (configured or "other"), status class and policy.
     requests = {
